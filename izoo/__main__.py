@@ -1,0 +1,5 @@
+import sys
+
+from izoo.cli import main
+
+sys.exit(main())

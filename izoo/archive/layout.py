@@ -1,0 +1,211 @@
+"""The one HDF5 layout of izoo INR files (shard weight files and merged archives alike).
+
+=====================  ==========================  =====================================================
+path                   shape / dtype               meaning
+=====================  ==========================  =====================================================
+``/params/<name>``     ``[N, ...]`` float32        one dataset per layer tensor (``layer0.weight`` ``[N, out, in]``,
+                                                   ``layer0.bias`` ``[N, out]``, ...), stacked over items,
+                                                   chunked along items, gzip level 4 + shuffle
+``/items/index``       ``[N]`` int64               row in the dataset manifest (archive order = manifest order)
+``/items/item_id``     ``[N]`` utf-8 str           stable item id
+``/items/source_id``   ``[N]`` utf-8 str           where the item came from (file path, ``file#row``)
+``/items/split``       ``[N]`` utf-8 str           split name
+``/items/label``       ``[N]`` int64               class label (-1 when the dataset has none)
+``/items/psnr``        ``[N]`` float32             final PSNR (dB, de-normalised [0, 1] pixels / held-out views)
+``/items/phase``       ``[N]`` utf-8 str           last phase that trained the item: basic, extended, until_threshold
+``/items/iterations``  ``[N]`` int64               optimisation steps over all phases
+``/items/seconds``     ``[N]`` float32             wall-clock seconds spent fitting the item (its share of its batches)
+``/items/passed``      ``[N]`` bool                PSNR reached the quality gate
+``/extras/<name>``     ``[N, ...]``                per-item extras (segmentation ``label_map``, 3D ``cameras``...)
+=====================  ==========================  =====================================================
+
+Root attributes (JSON strings where structured): ``format`` = ``izoo-inr``, ``format_version``,
+``model_family`` (``siren``/``nerf``), ``architecture`` (JSON: spec + ``layer_shapes``), ``normalisation``,
+``fitting`` (JSON settings), ``gate_psnr``, ``izoo_version``, ``created``, ``coordinate_convention``,
+``seed_mode``, ``dataset``, ``split``, ``codec``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import pandas as pd
+
+import izoo
+from izoo.atomic import atomic_path
+from izoo.errors import IzooError
+
+FORMAT = "izoo-inr"
+FORMAT_VERSION = 1
+CODEC = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+CODEC_NAME = "gzip level 4 + shuffle filter"
+
+#: per-item columns and their numpy dtypes; string columns are stored as utf-8 variable-length strings
+ITEM_COLUMNS: dict[str, Any] = {
+    "index": np.int64,
+    "item_id": str,
+    "source_id": str,
+    "split": str,
+    "label": np.int64,
+    "psnr": np.float32,
+    "phase": str,
+    "iterations": np.int64,
+    "seconds": np.float32,
+    "passed": np.bool_,
+}
+PHASES = ("basic", "extended", "until_threshold")
+STR_DTYPE = h5py.string_dtype(encoding="utf-8")
+
+
+@dataclass
+class InrFile:
+    """A whole INR file in memory (shard-sized files; archives are read lazily by ``izoo.archive.reader``)."""
+
+    params: dict[str, np.ndarray]
+    items: pd.DataFrame
+    attrs: dict[str, Any]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def chunk_items(per_item_bytes: int, n_items: int, target_bytes: int = 1 << 20) -> int:
+    """Items per HDF5 chunk: about ``target_bytes`` per chunk, at least 1, at most ``n_items``."""
+    return int(max(1, min(max(n_items, 1), target_bytes // max(per_item_bytes, 1))))
+
+
+def encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Structured attribute values become JSON strings; scalars and strings stay as they are."""
+    out = {}
+    for key, value in attrs.items():
+        out[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
+    return out
+
+
+def decode_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of ``encode_attrs``: JSON strings become dicts/lists again."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def base_attrs(model_family: str, architecture: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """Attributes every INR file carries: format, version, code version, creation time."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_family": model_family,
+        "architecture": dict(architecture),
+        "izoo_version": izoo.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "codec": CODEC_NAME,
+        **extra,
+    }
+
+
+def normalise_items(items: pd.DataFrame) -> pd.DataFrame:
+    """Check the per-item table has every column, with the layout's dtypes."""
+    missing = [c for c in ITEM_COLUMNS if c not in items.columns]
+    if missing:
+        raise ValueError(f"item table lacks columns {missing}")
+    out = pd.DataFrame(index=range(len(items)))
+    for col, dtype in ITEM_COLUMNS.items():
+        values = items[col].to_numpy()
+        out[col] = values.astype(str) if dtype is str else values.astype(dtype)
+    return out
+
+
+def create_datasets(h5: h5py.File, param_shapes: Mapping[str, tuple[int, ...]], n_items: int,
+                    extra_shapes: Mapping[str, tuple[tuple[int, ...], Any]] | None = None,
+                    maxshape_items: int | None = None) -> None:
+    """Create empty ``/params``, ``/items`` and ``/extras`` datasets for ``n_items`` items (resizable if asked)."""
+    maxn = maxshape_items if maxshape_items is not None else n_items
+    for name, shape in param_shapes.items():
+        per_item = int(np.prod(shape)) * 4
+        h5.create_dataset(f"params/{name}", shape=(n_items, *shape), maxshape=(maxn, *shape), dtype=np.float32,
+                          chunks=(chunk_items(per_item, max(n_items, 1)), *shape), **CODEC)
+    for col, dtype in ITEM_COLUMNS.items():
+        h5.create_dataset(f"items/{col}", shape=(n_items,), maxshape=(maxn,),
+                          dtype=STR_DTYPE if dtype is str else dtype, chunks=(min(max(n_items, 1), 65536),))
+    for name, (shape, dtype) in (extra_shapes or {}).items():
+        per_item = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        h5.create_dataset(f"extras/{name}", shape=(n_items, *shape), maxshape=(maxn, *shape), dtype=dtype,
+                          chunks=(chunk_items(per_item, max(n_items, 1)), *shape), **CODEC)
+
+
+def write_rows(h5: h5py.File, start: int, params: Mapping[str, np.ndarray], items: pd.DataFrame,
+               extras: Mapping[str, np.ndarray] | None = None) -> None:
+    """Write items ``start .. start+len(items)`` into datasets made by ``create_datasets``."""
+    stop = start + len(items)
+    items = normalise_items(items)
+    for name, value in params.items():
+        h5[f"params/{name}"][start:stop] = np.asarray(value, dtype=np.float32)
+    for col in ITEM_COLUMNS:
+        h5[f"items/{col}"][start:stop] = items[col].to_numpy()
+    for name, value in (extras or {}).items():
+        h5[f"extras/{name}"][start:stop] = value
+
+
+def write_inr_file(path: str | Path, params: Mapping[str, np.ndarray], items: pd.DataFrame,
+                   attrs: Mapping[str, Any], extras: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Write a complete INR file atomically (temp file, then rename)."""
+    path = Path(path)
+    n = len(items)
+    for name, value in params.items():
+        if value.shape[0] != n:
+            raise ValueError(f"params/{name} has {value.shape[0]} items, the item table {n}")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            create_datasets(h5, {k: tuple(v.shape[1:]) for k, v in params.items()}, n,
+                            {k: (tuple(v.shape[1:]), v.dtype) for k, v in (extras or {}).items()})
+            write_rows(h5, 0, params, items, extras)
+            h5.attrs.update(encode_attrs(attrs))
+    return path
+
+
+def read_items(h5: h5py.File) -> pd.DataFrame:
+    """The per-item table of an open INR file."""
+    cols = {}
+    for col, dtype in ITEM_COLUMNS.items():
+        data = h5[f"items/{col}"][:]
+        cols[col] = [v.decode() if isinstance(v, bytes) else str(v) for v in data] if dtype is str else data
+    return pd.DataFrame(cols)
+
+
+def read_inr_file(path: str | Path) -> InrFile:
+    """Read a whole INR file; a missing, truncated or foreign file raises a one-line ``IzooError``."""
+    path = Path(path)
+    if not path.exists():
+        raise IzooError("INR file is missing", path, "rerun the job that writes it (snakemake reruns it automatically)")
+    try:
+        with h5py.File(path, "r") as h5:
+            attrs = decode_attrs(h5.attrs)
+            if attrs.get("format") != FORMAT:
+                raise IzooError(f"not an izoo INR file (format={attrs.get('format')!r})", path,
+                                "point izoo at a file written by izoo fit/merge")
+            params = {name: ds[:] for name, ds in h5["params"].items()}
+            extras = {name: ds[:] for name, ds in h5["extras"].items()} if "extras" in h5 else {}
+            items = read_items(h5)
+    except IzooError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise IzooError(f"INR file is corrupt or truncated ({type(exc).__name__}: {exc})", path,
+                        "delete it and rerun the job that writes it") from exc
+    return InrFile(params=params, items=items, attrs=attrs, extras=extras)

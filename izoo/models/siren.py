@@ -1,0 +1,189 @@
+"""SIREN: one plain ``nn.Module`` for reference and a batched functional form for B INRs at once.
+
+Parameter layout (shared by the fitter, the shard files and the archives):
+layer ``i`` has a weight ``[B, out_i, in_i]`` (torch ``nn.Linear`` convention, stacked over items)
+and a bias ``[B, out_i]``. Every layer but the last is ``sin(w0 * (W x + b))``; the last is linear
+(no sigmoid: images are fitted in ImageNet-normalised space).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: How pixel coordinates are laid out; stored in every archive.
+COORDINATE_CONVENTION = "pixel centres in (-1, 1); channel 0 = x (column, left→right), channel 1 = y (row, top→bottom)"
+
+Params = list[torch.Tensor]  # [w0, b0, w1, b1, ...], each stacked over items (dim 0)
+
+
+@dataclass(frozen=True)
+class SirenSpec:
+    """Architecture of one SIREN: ``depth`` counts every linear layer, the output head included."""
+
+    depth: int = 3
+    width: int = 64
+    w0: float = 30.0
+    in_features: int = 2
+    out_features: int = 3
+    init: str = "siren"  # "siren" (SIREN paper) or "released" (Implicit-Zoo code: first layer like the others, zero biases)
+
+    def __post_init__(self) -> None:
+        if self.depth < 2:
+            raise ValueError(f"SIREN depth must be >= 2 (got {self.depth}): depth counts every linear layer")
+        if self.width < 1:
+            raise ValueError(f"SIREN width must be >= 1 (got {self.width})")
+        if self.init not in ("siren", "released"):
+            raise ValueError(f"SIREN init must be 'siren' or 'released' (got {self.init!r})")
+
+    def layer_dims(self) -> list[tuple[int, int]]:
+        """``(in, out)`` of every linear layer, first to last."""
+        dims = [self.in_features] + [self.width] * (self.depth - 1) + [self.out_features]
+        return list(zip(dims[:-1], dims[1:]))
+
+    def param_shapes(self) -> list[tuple[int, ...]]:
+        """Per-item shapes of ``[w0, b0, w1, b1, ...]`` (no batch dim)."""
+        shapes: list[tuple[int, ...]] = []
+        for fan_in, fan_out in self.layer_dims():
+            shapes += [(fan_out, fan_in), (fan_out,)]
+        return shapes
+
+    def n_params(self) -> int:
+        """Parameters of one INR."""
+        return sum(math.prod(s) for s in self.param_shapes())
+
+    def flops_per_pixel(self) -> int:
+        """Multiply-adds ×2 of one forward pass at one coordinate (matmuls only)."""
+        return sum(2 * i * o for i, o in self.layer_dims())
+
+    def to_dict(self) -> dict:
+        """Plain-dict form, stored as archive attributes."""
+        return asdict(self)
+
+
+def _item_generator(seed: int) -> torch.Generator:
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def init_params_single(spec: SirenSpec, seed: int) -> Params:
+    """Initialise one SIREN (no batch dim) deterministically from ``seed`` on the CPU."""
+    gen = _item_generator(seed)
+    params: Params = []
+    for layer, (fan_in, fan_out) in enumerate(spec.layer_dims()):
+        if layer == 0 and spec.init == "siren":
+            bound_w = 1.0 / fan_in
+        else:
+            bound_w = math.sqrt(6.0 / fan_in) / spec.w0
+        w = (torch.rand(fan_out, fan_in, generator=gen) * 2 - 1) * bound_w
+        if spec.init == "released":
+            b = torch.zeros(fan_out)
+        else:
+            bound_b = 1.0 / math.sqrt(fan_in)  # torch nn.Linear's default bias init, kept by the SIREN code
+            b = (torch.rand(fan_out, generator=gen) * 2 - 1) * bound_b
+        params += [w, b]
+    return params
+
+
+def init_params(spec: SirenSpec, seeds: Sequence[int], device: torch.device | str = "cpu") -> Params:
+    """Initialise B SIRENs, item ``i`` from ``seeds[i]`` (equal seeds give equal inits)."""
+    cache: dict[int, Params] = {}
+    per_item = []
+    for s in seeds:
+        if int(s) not in cache:
+            cache[int(s)] = init_params_single(spec, int(s))
+        per_item.append(cache[int(s)])
+    return [torch.stack([p[k] for p in per_item]).to(device) for k in range(2 * spec.depth)]
+
+
+def item_seeds(mode: str, base_seed: int, indices: Sequence[int]) -> list[int]:
+    """Seeds for items: ``shared`` gives every item ``base_seed``; ``per_item`` gives ``base_seed + manifest index``."""
+    if mode == "shared":
+        return [int(base_seed)] * len(indices)
+    if mode == "per_item":
+        return [int(base_seed) + int(i) for i in indices]
+    raise ValueError(f"seed mode must be 'shared' or 'per_item' (got {mode!r})")
+
+
+def coordinate_grid(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[H*W, 2]`` pixel-centre coordinates in (-1, 1), row-major, channel 0 = x, 1 = y."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) * 2 + 1) / height - 1
+    xs = (torch.arange(width, device=device, dtype=torch.float32) * 2 + 1) / width - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
+def forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Tensor:
+    """Evaluate B SIRENs: ``coords`` ``[P, in]`` (shared) or ``[B, P, in]`` → outputs ``[B, P, out]``.
+
+    Plain autograd-friendly form (used for rendering, tokenizers and as the reference of the fitter).
+    """
+    n_layers = len(params) // 2
+    batch = params[0].shape[0]
+    h = coords if coords.dim() == 3 else coords.unsqueeze(0).expand(batch, -1, -1)
+    for layer in range(n_layers):
+        w, b = params[2 * layer], params[2 * layer + 1]
+        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        if layer < n_layers - 1:
+            h = torch.sin(w0 * h)
+    return h
+
+
+def normalise(images01: torch.Tensor) -> torch.Tensor:
+    """``[..., 3, H, W]`` images in [0, 1] → ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images01.device, dtype=images01.dtype).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images01.device, dtype=images01.dtype).view(3, 1, 1)
+    return (images01 - mean) / std
+
+
+def denormalise_rgb(rgb: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised RGB with channels last ``[..., 3]`` → [0, 1] scale (not clamped)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=rgb.device, dtype=rgb.dtype)
+    std = torch.tensor(IMAGENET_STD, device=rgb.device, dtype=rgb.dtype)
+    return rgb * std + mean
+
+
+def render(params: Params, spec: SirenSpec, height: int, width: int, chunk: int = 65536) -> torch.Tensor:
+    """Render B SIRENs to ``[B, 3, H, W]`` images in [0, 1] at any resolution (chunked over pixels)."""
+    coords = coordinate_grid(height, width, device=params[0].device)
+    outs = []
+    with torch.no_grad():
+        for start in range(0, coords.shape[0], chunk):
+            outs.append(forward(params, coords[start : start + chunk], spec.w0))
+    rgb = denormalise_rgb(torch.cat(outs, dim=1)).clamp(0.0, 1.0)
+    return rgb.transpose(1, 2).reshape(rgb.shape[0], spec.out_features, height, width)
+
+
+class Siren(nn.Module):
+    """One plain SIREN as ``nn.Sequential``-style layers (reference for the batched form)."""
+
+    def __init__(self, spec: SirenSpec):
+        super().__init__()
+        self.spec = spec
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in spec.layer_dims())
+
+    @classmethod
+    def from_params(cls, spec: SirenSpec, params: Params, item: int = 0) -> "Siren":
+        """Build a module holding item ``item`` of stacked ``params``."""
+        model = cls(spec)
+        with torch.no_grad():
+            for k, layer in enumerate(model.layers):
+                layer.weight.copy_(params[2 * k][item])
+                layer.bias.copy_(params[2 * k + 1][item])
+        return model
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        h = coords
+        for k, layer in enumerate(self.layers):
+            h = layer(h)
+            if k < len(self.layers) - 1:
+                h = torch.sin(self.spec.w0 * h)
+        return h
