@@ -1,0 +1,140 @@
+"""Pipeline configuration: defaults filled from the JSON schema, then validated with one-line errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from izoo.errors import IzooError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    """The config JSON schema (YAML on disk)."""
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that fills ``default`` values into the instance while validating.
+
+    jsonschema deliberately does not fill defaults; this is the extension pattern from its FAQ.
+    """
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # noqa: ANN001 - jsonschema hook signature
+        if isinstance(instance, dict):
+            for prop, subschema in properties.items():
+                if "default" in subschema and prop not in instance:
+                    instance[prop] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate_config(config: Mapping[str, Any], source: str = "config.yaml", schema: dict | None = None) -> dict:
+    """Return a copy of ``config`` with defaults filled; a bad value raises a one-line ``IzooError``."""
+    schema = schema or load_schema()
+    filled = json.loads(json.dumps(config))  # deep copy and plain types only
+    validator_cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    for ds in (filled.get("datasets") or {}).values():
+        if isinstance(ds, dict):
+            _fill_family_defaults(ds)
+    # the properties hook fills a default before descending into it, so one pass fills nested defaults too
+    err = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(filled))
+    if err is not None:
+        raise IzooError(f"bad config value at {_where(err)}: {err.message}", source,
+                        f"change {_where(err)} in {source} (allowed values: see workflow/schemas/config.schema.yaml)")
+    _check_cross_fields(filled, source)
+    return filled
+
+
+#: per-family defaults that differ from the schema's (the schema's are the 2D SIREN ones)
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "siren": {"model": {"depth": 3, "width": 64, "w0": 30.0, "init": "siren"}},
+    "nerf": {
+        "model": {"depth": 4, "width": 128, "pos_freqs": 10, "dir_freqs": 4},
+        "fit": {"batch_size": 8, "iterations": 20000, "lr": 5.0e-4, "lr_min": 5.0e-5, "gate_psnr": 25.0,
+                "check_every": 500, "checkpoint_every": 1000, "rays_per_batch": 2048, "samples_per_ray": 64,
+                "near": 2.0, "far": 6.0, "object_ray_fraction": 0.5,
+                "extended": {"factor": 3, "patience": 2000, "min_delta": 0.05},
+                "until_threshold": {"cap_iterations": 60000}},
+        "shard_size": 16,
+        "refine_job_size": 16,
+    },
+}
+
+
+def _fill_family_defaults(ds: dict) -> None:
+    family = (ds.get("model") or {}).get("family")
+    if family in FAMILY_DEFAULTS:
+        merged = deep_merge(FAMILY_DEFAULTS[family], ds)
+        ds.clear()
+        ds.update(merged)
+
+
+def _check_cross_fields(config: dict, source: str) -> None:
+    """Checks JSON schema cannot express: references between sections and ordered values."""
+    for name, ds in config["datasets"].items():
+        fit = ds["fit"]
+        if fit["lr_min"] > fit["lr"]:
+            raise IzooError(f"datasets.{name}.fit.lr_min ({fit['lr_min']}) is larger than fit.lr ({fit['lr']})", source,
+                            "set lr_min below lr (the cosine schedule decays from lr to lr_min)")
+        if not all(ch.isalnum() or ch in "_-" for ch in name):
+            raise IzooError(f"dataset name {name!r} may only hold letters, digits, '_' and '-'", source,
+                            "rename the dataset key (it becomes part of file paths)")
+    for name, bench in config.get("benchmarks", {}).items():
+        ds = bench["dataset"]
+        if ds not in config["datasets"]:
+            raise IzooError(f"benchmarks.{name}.dataset names unknown dataset {ds!r}", source,
+                            f"use one of {sorted(config['datasets'])}")
+        if bench["enabled"] and not config["datasets"][ds]["enabled"]:
+            raise IzooError(f"benchmarks.{name} needs dataset {ds!r}, which is disabled", source,
+                            f"enable datasets.{ds} or set benchmarks.{name}.enabled: false")
+
+
+def load_config(*paths: str | Path) -> dict:
+    """Load YAML config files (later ones deep-merged over earlier ones) and validate."""
+    merged: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise IzooError("config file not found", path, "pass an existing --configfile")
+        try:
+            with open(path) as fh:
+                data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise IzooError(f"config file is not valid YAML ({exc.__class__.__name__})", path, "fix the YAML syntax") from exc
+        merged = deep_merge(merged, data)
+    return validate_config(merged, source=", ".join(str(p) for p in paths))
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict:
+    """``over`` merged into ``base`` recursively (dicts merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def enabled_datasets(config: Mapping[str, Any]) -> list[str]:
+    """Names of the datasets the workflow builds, in config order."""
+    return [name for name, ds in config["datasets"].items() if ds["enabled"]]
+
+
+def dataset_json(config: Mapping[str, Any], name: str) -> str:
+    """One dataset's section as the compact JSON string the ``izoo`` CLIs take (stable key order)."""
+    return json.dumps(config["datasets"][name], sort_keys=True, separators=(",", ":"))

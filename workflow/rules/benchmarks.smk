@@ -1,0 +1,68 @@
+# Benchmarks trained on the archives: one job per (tokenizer, seed), then a table per benchmark.
+
+
+def bench_archive(name, split_key):
+    b = bench_cfg(name)
+    return f"{R}/{b['dataset']}/archive/{b[split_key]}.h5"
+
+
+def bench_settings(name):
+    return json.dumps(bench_cfg(name)["settings"], sort_keys=True, separators=(",", ":"))
+
+
+def bench_command(name):
+    return {"classification": "bench-classify", "segmentation": "bench-segment"}[bench_cfg(name)["task"]]
+
+
+rule bench_2d:
+    """Classification or segmentation over INR queries with one tokenizer and one seed."""
+    input:
+        train=lambda w: bench_archive(w.bench, "train_split"),
+        test=lambda w: bench_archive(w.bench, "test_split"),
+    output:
+        f"{R}/benchmarks/{{bench}}/{{tokenizer}}-seed{{seed}}.json",
+    wildcard_constraints:
+        tokenizer="uniform|s|lc|lp|lp_rand|lp_reg",
+        seed=r"\d+",
+    params:
+        command=lambda w: bench_command(w.bench),
+        settings=lambda w: bench_settings(w.bench),
+    log:
+        f"{L}/benchmarks/{{bench}}/{{tokenizer}}-seed{{seed}}.log",
+    shell:
+        "izoo {params.command} --train {input.train} --test {input.test} --tokenizer {wildcards.tokenizer}"
+        " --seed {wildcards.seed} --settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule bench_pose:
+    """6-DoF pose regression from archived NeRFs (kept scenes only)."""
+    input:
+        archive=lambda w: f"{R}/{bench_cfg(w.bench)['dataset']}/archive/all.h5",
+        kept=lambda w: f"{R}/{bench_cfg(w.bench)['dataset']}/reports/kept_scenes.csv",
+    output:
+        f"{R}/benchmarks/{{bench}}/pose-seed{{seed}}.json",
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        settings=lambda w: bench_settings(w.bench),
+    log:
+        f"{L}/benchmarks/{{bench}}/pose-seed{{seed}}.log",
+    shell:
+        "izoo bench-pose --archive {input.archive} --kept {input.kept} --settings {params.settings:q}"
+        " --seed {wildcards.seed} --out {output} > {log} 2>&1"
+
+
+rule bench_table:
+    """Mean ± std over seeds per tokenizer, like the paper's Tables 2, 3 and 5."""
+    input:
+        runs=lambda w: bench_runs(w.bench),
+    output:
+        md=report(f"{R}/benchmarks/{{bench}}/table.md", category="Benchmarks", labels={"benchmark": "{bench}"}),
+        csv=f"{R}/benchmarks/{{bench}}/table.csv",
+    params:
+        command=lambda w: {"classification": "bench-classify-table", "segmentation": "bench-segment-table",
+                           "pose": "bench-pose-table"}[bench_cfg(w.bench)["task"]],
+    log:
+        f"{L}/benchmarks/{{bench}}/table.log",
+    shell:
+        "izoo {params.command} --runs {input.runs} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"

@@ -1,0 +1,123 @@
+# Shared helpers of the izoo workflow: validated config, paths, and the input functions that read
+# the per-dataset checkpoints (manifest, refinement plans). No fitting logic lives here.
+import json
+import sys
+
+from izoo.config import dataset_json, enabled_datasets, validate_config
+from izoo.errors import IzooError
+
+try:
+    CFG = validate_config(config, source="config (config.yaml + --configfile/--config overrides)")
+except IzooError as _err:
+    sys.exit(f"izoo: {_err}")
+
+R = CFG["results"]
+W = CFG["workdir"]
+L = CFG["logs"]
+DATASETS = enabled_datasets(CFG)
+BENCHMARKS = [name for name, b in CFG["benchmarks"].items() if b["enabled"]]
+REFINE_PHASES = ["extended", "until_threshold"]
+# keys that do not change what a fitted INR is; left out of the fit jobs' params so that editing
+# them does not trigger refits
+_NOT_FIT_KEYS = {"enabled", "refine_job_size", "min_scenes_per_class", "archive", "shard_size", "demo"}
+
+
+wildcard_constraints:
+    ds="|".join(DATASETS) if DATASETS else "^$",
+    shard=r"[^/]+-\d{5}",
+    job=r"job-\d{4}",
+    split=r"[^/]+",
+
+
+def ds_cfg(ds):
+    return CFG["datasets"][ds]
+
+
+def ds_json(ds):
+    """The dataset's config as one JSON string for the izoo CLIs."""
+    return dataset_json(CFG, ds)
+
+
+def fit_json(ds):
+    """Only the settings that define a fitted INR (source, model, seed, fit)."""
+    section = {k: v for k, v in ds_cfg(ds).items() if k not in _NOT_FIT_KEYS}
+    return json.dumps(section, sort_keys=True, separators=(",", ":"))
+
+
+def is_nerf(ds):
+    return ds_cfg(ds)["model"]["family"] == "nerf"
+
+
+def runtime_arg(wildcards, resources):
+    """Let fitting jobs stop themselves (exit 75, progress kept) shortly before their time limit."""
+    runtime = resources.get("runtime")
+    return f"--runtime-minutes {runtime}" if runtime else ""
+
+
+def manifest_info(ds):
+    """shards.json of the dataset (waits for the manifest checkpoint)."""
+    with open(checkpoints.manifest.get(ds=ds).output.shards) as fh:
+        return json.load(fh)
+
+
+def shard_ids(ds, split=None):
+    shards = manifest_info(ds)["shards"]
+    return [s for s, meta in shards.items() if split is None or meta["split"] == split]
+
+
+def splits_of(ds):
+    return list(manifest_info(ds)["splits"])
+
+
+def basic_files(ds, ext, split=None):
+    return [f"{R}/{ds}/fit/basic/{s}.{ext}" for s in shard_ids(ds, split)]
+
+
+def refine_plan(ds, phase):
+    checkpoint_rule = getattr(checkpoints, f"plan_{phase}")
+    with open(checkpoint_rule.get(ds=ds).output.plan) as fh:
+        return json.load(fh)
+
+
+def refine_files(ds, phase, ext):
+    return [f"{R}/{ds}/fit/{phase}/{job}.{ext}" for job in refine_plan(ds, phase)["jobs"]]
+
+
+def refine_init_files(ds, phase, job):
+    """Weight files the items of a refinement job start from (previous phase's outputs)."""
+    return sorted({item["init"] for item in refine_plan(ds, phase)["jobs"][job]})
+
+
+def phase_reports(ds, phase):
+    return basic_files(ds, "csv") if phase == "basic" else refine_files(ds, phase, "csv")
+
+
+def previous_phase(phase):
+    return {"extended": "basic", "until_threshold": "extended"}[phase]
+
+
+def archive_files(ds):
+    return [f"{R}/{ds}/archive/{split}.h5" for split in splits_of(ds)]
+
+
+def demo_marker(ds):
+    return [f"{CFG['demo_data']['out']}/.izoo-demo-complete"] if ds_cfg(ds)["demo"] else []
+
+
+def dataset_targets():
+    return [f"{R}/summary.md"] + [f"{R}/{ds}/reports/summary.json" for ds in DATASETS]
+
+
+def bench_cfg(name):
+    return CFG["benchmarks"][name]
+
+
+def bench_runs(name):
+    b = bench_cfg(name)
+    if b["task"] == "pose":
+        return [f"{R}/benchmarks/{name}/pose-seed{seed}.json" for seed in b["seeds"]]
+    return [f"{R}/benchmarks/{name}/{tok}-seed{seed}.json" for tok in b["tokenizers"] for seed in b["seeds"]]
+
+
+def benchmark_targets():
+    return [f"{R}/benchmarks/{name}/table.md" for name in BENCHMARKS]
