@@ -1,1 +1,20 @@
-"""HDF5 files of INRs: per-shard weight files written by fitting jobs, and merged per-split archives."""
+"""HDF5 files of INRs: per-shard weight files written by fitting jobs, and merged per-split archives.
+
+``izoo.archive.open(path, device="cpu", in_memory=False)`` → ``InrArchive`` (a torch ``Dataset``); see
+``izoo.archive.reader`` for the reading API, ``merge`` for ``merge_split`` and ``verify`` for the checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["InrArchive", "open"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy, so `import izoo.archive.layout` (fitting jobs) does not pull in the torch-side reader
+    if name in ("open", "InrArchive"):
+        from izoo.archive import reader
+
+        return reader.open_archive if name == "open" else reader.InrArchive
+    raise AttributeError(f"module 'izoo.archive' has no attribute {name!r}")

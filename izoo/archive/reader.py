@@ -1,0 +1,318 @@
+"""Read an izoo archive as a torch ``Dataset`` of INRs, in fast contiguous batches, and render INRs back.
+
+API (``izoo.archive.open`` is ``open_archive``)::
+
+    arch = izoo.archive.open("results/cifar10/archive/train.h5", device="cuda", in_memory=False)
+    len(arch); arch.spec                  # SirenSpec (None for other families); arch.attrs (decoded dict)
+    arch.param_names                      # ["layer0.weight", "layer0.bias", ...]: the order of every params list
+    arch.labels, arch.psnr, arch.index    # numpy [N] (label -1 = none; index = manifest row)
+    arch.items                            # pandas table of every per-item column
+    arch[i]                               # {"params": [Tensor w0, b0, ...] (no batch dim), "label", "index", "psnr"}
+                                          #  + one entry per extra ("label_map" [H, W] uint8, ...)
+    arch.params_batch([3, 4, 9])          # [w0 [B,out,in], b0 [B,out], ...] on arch.device: izoo.models.siren.forward-ready
+    arch.extras("label_map", rows)        # numpy [B, ...]; arch.label_maps(rows) is the segmentation shortcut
+    for batch in arch.loader(batch_size=512, shuffle=True, seed=0):   # dict of batched tensors, as arch[i] batched
+        ...
+    arch.render([0, 1], height=64, width=64)   # [B, 3, H, W] in [0, 1], any resolution (batched SIREN)
+
+Reads go through one h5py slice per dataset per contiguous run of items (chunked along items), so a batch
+costs a few chunk decompressions, not one read per item. ``shuffle=True`` reads ``pool_batches`` randomly
+placed contiguous runs, pools them and permutes the pool: batches differ every epoch while every read stays
+contiguous. ``in_memory=True`` reads the whole archive into RAM once (CIFAR's 1.4 GB; not ImageNet's 750 GB).
+The file is (re)opened lazily per process, so the Dataset works with multi-worker ``torch.utils.data.DataLoader``.
+
+Other families register their renderer with ``register_renderer(family, fn)``, ``fn(archive, params, height,
+width) -> Tensor``; ``siren`` is built in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from izoo.archive import layout
+from izoo.archive.merge import read_rows
+from izoo.errors import IzooError
+from izoo.models import siren
+
+Renderer = Callable[["InrArchive", list[torch.Tensor], int, int], torch.Tensor]
+RENDERERS: dict[str, Renderer] = {}
+
+
+def register_renderer(family: str, renderer: Renderer) -> None:
+    """Make ``InrArchive.render`` work for archives of ``family`` (``renderer(archive, params, height, width)``)."""
+    RENDERERS[family] = renderer
+
+
+def _render_siren(archive: "InrArchive", params: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+    return siren.render(params, archive.spec, height, width)
+
+
+register_renderer("siren", _render_siren)
+
+
+def param_sort_key(name: str) -> tuple:
+    """Order parameter names layer by layer (``layer2`` before ``layer10``), weight before bias within a layer."""
+    prefix, _, leaf = name.rpartition(".")
+    natural = tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", prefix))
+    return natural, {"weight": 0, "bias": 1}.get(leaf, 2), leaf
+
+
+def spec_from_attrs(attrs: dict[str, Any]) -> siren.SirenSpec | None:
+    """The ``SirenSpec`` an archive's ``architecture`` attribute describes (None for other families)."""
+    if attrs.get("model_family", "siren") != "siren":
+        return None
+    arch = attrs.get("architecture") or {}
+    fields = {f.name for f in dataclasses.fields(siren.SirenSpec)}
+    return siren.SirenSpec(**{k: v for k, v in arch.items() if k in fields})
+
+
+def virtual_source_problems(h5: h5py.File, folder: Path) -> list[str]:
+    """One line per source file a virtual dataset maps onto that does not exist (it would read as fill values)."""
+    missing: dict[str, str] = {}
+    for group in ("params", "extras"):
+        if group not in h5:
+            continue
+        for name, ds in h5[group].items():
+            if not ds.is_virtual:
+                continue
+            for vmap in ds.virtual_sources():
+                src = Path(vmap.file_name)
+                resolved = src if src.is_absolute() else folder / src
+                if not resolved.exists() and str(resolved) not in missing:
+                    missing[str(resolved)] = f"{group}/{name}"
+    return [f"virtual dataset {ds} maps onto missing file {path}" for path, ds in missing.items()]
+
+
+class InrArchive(Dataset):
+    """An izoo archive as a torch ``Dataset`` of INRs (see the module docstring for the API)."""
+
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu", in_memory: bool = False):
+        self.path = Path(path)
+        self.device = torch.device(device)
+        if not self.path.exists():
+            raise IzooError("archive is missing", self.path, "run `izoo merge` (the workflow's merge rule) first")
+        self._h5: h5py.File | None = None
+        self._pid = -1
+        try:
+            h5 = self._file()
+            self.attrs = layout.decode_attrs(h5.attrs)
+            if self.attrs.get("format") != layout.FORMAT:
+                raise IzooError(f"not an izoo archive (format={self.attrs.get('format')!r})", self.path,
+                                "open a file written by `izoo merge`")
+            self.param_names = sorted(h5["params"], key=param_sort_key)
+            self.param_shapes = {n: tuple(h5[f"params/{n}"].shape[1:]) for n in self.param_names}
+            self.extra_names = sorted(h5["extras"]) if "extras" in h5 else []
+            self.labels = h5["items/label"][:]
+            self.index = h5["items/index"][:]
+            self.psnr = h5["items/psnr"][:]
+            missing = virtual_source_problems(h5, self.path.parent)
+        except IzooError:
+            self.close()
+            raise
+        except (OSError, KeyError, ValueError) as exc:
+            self.close()
+            raise IzooError(f"archive is corrupt or truncated ({type(exc).__name__}: {exc})", self.path,
+                            "delete it and rerun `izoo merge`") from exc
+        if missing:
+            self.close()
+            raise IzooError(missing[0], self.path, "virtual archives need their shard files in place: restore them "
+                            "or rerun `izoo merge` without --virtual")
+        self.model_family = str(self.attrs.get("model_family", "siren"))
+        self.spec = spec_from_attrs(self.attrs)
+        self._memory: dict[str, np.ndarray] | None = None
+        if in_memory:
+            h5 = self._file()
+            keys = [f"params/{n}" for n in self.param_names] + [f"extras/{n}" for n in self.extra_names]
+            self._memory = {k: h5[k][:] for k in keys}
+
+    # -- file handling -------------------------------------------------------------------------------------
+    def _file(self) -> h5py.File:
+        """The open file of this process (h5py handles must not cross a fork)."""
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r", rdcc_nbytes=64 << 20)
+            self._pid = os.getpid()
+        return self._h5
+
+    def close(self) -> None:
+        """Close the file (it reopens on the next read)."""
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+    def __enter__(self) -> "InrArchive":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_h5"] = None
+        return state
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _read(self, key: str, rows: slice | np.ndarray) -> np.ndarray:
+        if self._memory is not None and key in self._memory:
+            return self._memory[key][rows]
+        ds = self._file()[key]
+        return ds[rows] if isinstance(rows, slice) else read_rows(ds, rows)
+
+    def _rows(self, indices: Sequence[int] | np.ndarray | slice | torch.Tensor) -> slice | np.ndarray:
+        if isinstance(indices, slice):
+            return slice(*indices.indices(len(self)))
+        rows = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64).reshape(-1)
+        rows = np.where(rows < 0, rows + len(self), rows)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"item rows {rows.min()}..{rows.max()} outside an archive of {len(self)} items")
+        if len(rows) > 1 and np.all(np.diff(rows) == 1):
+            return slice(int(rows[0]), int(rows[-1]) + 1)  # one contiguous read
+        return rows
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+
+    def params_batch(self, indices: Sequence[int] | np.ndarray | slice | torch.Tensor) -> list[torch.Tensor]:
+        """Stacked parameters ``[B, ...]`` of the given item rows, in ``param_names`` order, on ``device``."""
+        rows = self._rows(indices)
+        return [self._tensor(self._read(f"params/{n}", rows)) for n in self.param_names]
+
+    def extras(self, name: str, indices: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
+        """Per-item extra ``name`` (``label_map``, camera poses, ...) of the given rows (all when None)."""
+        if name not in self.extra_names:
+            raise IzooError(f"archive has no extra {name!r} (it has {self.extra_names})", self.path,
+                            "use an archive of a dataset that stores it")
+        return self._read(f"extras/{name}", self._rows(slice(None) if indices is None else indices))
+
+    def label_maps(self, indices: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
+        """Segmentation label maps ``[B, H, W]`` uint8 (255 = ignore) of the given rows."""
+        return self.extras("label_map", indices)
+
+    @property
+    def items(self) -> pd.DataFrame:
+        """The per-item table (every column of ``layout.ITEM_COLUMNS``)."""
+        return layout.read_items(self._file())
+
+    def batch(self, indices: Sequence[int] | np.ndarray | slice, with_extras: bool = True) -> dict[str, Any]:
+        """A batch dict: ``params`` (stacked list), ``label``/``index`` (int64), ``psnr`` and the extras, as tensors."""
+        rows = self._rows(indices)
+        out: dict[str, Any] = {
+            "params": [self._tensor(self._read(f"params/{n}", rows)) for n in self.param_names],
+            "label": self._tensor(self.labels[rows]),
+            "index": self._tensor(self.index[rows]),
+            "psnr": self._tensor(self.psnr[rows]),
+        }
+        if with_extras:
+            for name in self.extra_names:
+                out[name] = self._tensor(self._read(f"extras/{name}", rows))
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= int(i) < len(self):
+            raise IndexError(f"item {i} outside an archive of {len(self)} items")
+        row = int(i) % len(self)
+        out = self.batch(slice(row, row + 1))
+        out["params"] = [p[0] for p in out["params"]]
+        for key in ("label", "index", "psnr"):
+            out[key] = out[key][0].item()
+        for name in self.extra_names:
+            out[name] = out[name][0]
+        return out
+
+    def loader(self, batch_size: int = 256, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
+               indices: Sequence[int] | np.ndarray | None = None, pool_batches: int = 8,
+               with_extras: bool = True) -> "InrLoader":
+        """Iterable of batch dicts (see ``batch``) read in contiguous runs; ``indices`` restricts it to those rows."""
+        return InrLoader(self, batch_size, shuffle, drop_last, seed, indices, pool_batches, with_extras)
+
+    def render(self, indices: Sequence[int] | np.ndarray | slice | torch.Tensor, height: int,
+               width: int) -> torch.Tensor:
+        """Render items back to images ``[B, C, H, W]`` in [0, 1] at any resolution (family's registered renderer)."""
+        if self.model_family not in RENDERERS:
+            raise IzooError(f"no renderer registered for model family {self.model_family!r}", self.path,
+                            f"import the module that registers it (izoo.archive.reader.register_renderer)")
+        return RENDERERS[self.model_family](self, self.params_batch(indices), int(height), int(width))
+
+    def __repr__(self) -> str:
+        return (f"InrArchive({str(self.path)!r}, items={len(self)}, family={self.model_family!r}, "
+                f"params={[self.param_shapes[n] for n in self.param_names]}, extras={self.extra_names})")
+
+
+class InrLoader:
+    """Batches of an ``InrArchive`` read as contiguous runs (one h5py slice per dataset per run)."""
+
+    def __init__(self, archive: InrArchive, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
+                 indices: Sequence[int] | np.ndarray | None, pool_batches: int, with_extras: bool):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        self.archive = archive
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = int(seed)
+        self.rows = np.arange(len(archive)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.pool_batches = max(1, int(pool_batches))
+        self.with_extras = with_extras
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.rows), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        bs = self.batch_size
+        runs = [self.rows[a:a + bs] for a in range(0, len(self.rows), bs)]
+        if not self.shuffle:
+            for k, run in enumerate(runs):
+                if len(run) == bs or not self.drop_last:
+                    yield self.archive.batch(run, self.with_extras)
+            return
+        order = rng.permutation(len(runs))
+        pending: dict[str, Any] | None = None
+        for p in range(0, len(order), self.pool_batches):
+            pool = [self.archive.batch(runs[k], self.with_extras) for k in order[p:p + self.pool_batches]]
+            if pending is not None:
+                pool.insert(0, pending)
+            merged = _cat(pool)
+            n = len(merged["index"])
+            perm = torch.from_numpy(rng.permutation(n)).to(merged["index"].device)
+            merged = _take(merged, perm)
+            full = n // bs * bs
+            for a in range(0, full, bs):
+                yield _take(merged, slice(a, a + bs))
+            pending = _take(merged, slice(full, n)) if full < n else None
+        if pending is not None and not self.drop_last:
+            yield pending
+
+
+def _cat(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in batches[0].items():
+        if key == "params":
+            out[key] = [torch.cat([b["params"][k] for b in batches]) for k in range(len(value))]
+        else:
+            out[key] = torch.cat([b[key] for b in batches])
+    return out
+
+
+def _take(batch: dict[str, Any], sel: slice | torch.Tensor) -> dict[str, Any]:
+    return {k: ([p[sel] for p in v] if k == "params" else v[sel]) for k, v in batch.items()}
+
+
+def open_archive(path: str | Path, device: torch.device | str = "cpu", in_memory: bool = False) -> InrArchive:
+    """Open an izoo archive as a torch ``Dataset`` of INRs (``izoo.archive.open``)."""
+    return InrArchive(path, device=device, in_memory=in_memory)

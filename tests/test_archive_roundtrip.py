@@ -1,0 +1,94 @@
+"""Fit → shard files → merge → open → render gives the stored PSNR; order, phases, loader, virtual archives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import izoo.archive
+from izoo.archive.merge import merge_split
+from izoo.metrics import psnr
+from test_archive_fixtures import SIZE, build_toy, merge_args
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return build_toy(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="module")
+def train_archive(toy):
+    result = merge_split(**merge_args(toy, "train", toy.root / "archive" / "train.h5"))
+    assert result.n_items == 6
+    return result.path
+
+
+def test_round_trip_render_gives_stored_psnr(toy, train_archive):
+    arch = izoo.archive.open(train_archive)
+    assert len(arch) == 6
+    assert arch.index.tolist() == [0, 1, 2, 3, 4, 5]  # manifest order although shards came reversed
+    rendered = arch.render(list(range(6)), SIZE, SIZE)
+    values = psnr(rendered, toy.images[:6])
+    np.testing.assert_allclose(values.numpy(), arch.psnr, atol=1e-3)
+    np.testing.assert_allclose(arch.psnr, [toy.expected_psnr[i] for i in range(6)], atol=1e-5)
+    # any resolution: a 2x render is an image too
+    assert arch.render([0, 5], 2 * SIZE, 3 * SIZE).shape == (2, 3, 2 * SIZE, 3 * SIZE)
+
+
+def test_each_item_comes_from_its_last_phase(toy, train_archive):
+    arch = izoo.archive.open(train_archive)
+    items = arch.items
+    assert items["phase"].tolist() == [toy.expected_phase[i] for i in range(6)]
+    assert items["phase"][4] == "until_threshold" and items["iterations"][4] == 120
+    for i in range(6):
+        got = arch[i]["params"]
+        for a, b in zip(got, toy.expected_params[i]):
+            torch.testing.assert_close(a, b)
+    assert arch.attrs["phase_counts"] == {"basic": 5, "until_threshold": 1}
+    assert arch.attrs["split"] == "train" and arch.attrs["architecture"]["layer_shapes"]["layer0.weight"] == [16, 2]
+    test = merge_split(**merge_args(toy, "test", toy.root / "archive" / "test.h5"))
+    test_arch = izoo.archive.open(test.path)
+    assert test_arch.index.tolist() == [6, 7] and test_arch.items["phase"].tolist() == ["extended", "basic"]
+
+
+def test_getitem_batches_loader_and_label_maps_agree(train_archive):
+    arch = izoo.archive.open(train_archive)
+    item = arch[3]
+    assert item["label"] == 0 and item["index"] == 3 and item["label_map"].shape == (SIZE, SIZE)
+    assert arch.param_names == ["layer0.weight", "layer0.bias", "layer1.weight", "layer1.bias",
+                                "layer2.weight", "layer2.bias"]
+    batch = arch.params_batch([5, 1, 3])
+    for k, p in enumerate(batch):
+        torch.testing.assert_close(p[0], arch[5]["params"][k])
+        torch.testing.assert_close(p[1], arch[1]["params"][k])
+    assert arch.labels.tolist() == [0, 1, 2, 0, 1, 2]
+    assert (arch.label_maps([4])[0] == 1).all()
+    seen = []
+    for b in arch.loader(batch_size=4, shuffle=True, seed=1):
+        for k, row in enumerate(b["index"].tolist()):
+            torch.testing.assert_close(b["params"][0][k], arch[row]["params"][0])
+            assert b["label"][k].item() == arch.labels[row]
+        seen += b["index"].tolist()
+    assert sorted(seen) == list(range(6))
+    ordered = [b["index"].tolist() for b in arch.loader(batch_size=4)]
+    assert ordered == [[0, 1, 2, 3], [4, 5]]
+    assert len(arch.loader(batch_size=4, drop_last=True)) == 1
+    in_ram = izoo.archive.open(train_archive, in_memory=True)
+    torch.testing.assert_close(in_ram.params_batch([2, 4])[3], arch.params_batch([2, 4])[3])
+
+
+def test_virtual_archive_reads_the_same_items_from_another_cwd(toy, train_archive, tmp_path, monkeypatch):
+    args = merge_args(toy, "train", toy.root / "archive" / "train-virtual.h5")
+    result = merge_split(**args, virtual=True)
+    assert result.bytes_on_disk < os.path.getsize(train_archive)
+    monkeypatch.chdir(tmp_path)  # sources are relative to the archive's folder, not the cwd
+    virtual = izoo.archive.open(result.path)
+    copied = izoo.archive.open(train_archive)
+    for a, b in zip(virtual.params_batch(list(range(6))), copied.params_batch(list(range(6)))):
+        torch.testing.assert_close(a, b)
+    np.testing.assert_array_equal(virtual.label_maps(), copied.label_maps())
+    assert virtual.items["phase"].tolist() == copied.items["phase"].tolist()
