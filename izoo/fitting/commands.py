@@ -1,0 +1,135 @@
+"""``izoo fit`` and ``izoo plan-refinement``: the fitting commands the Snakemake workflow runs.
+
+Exit codes: 0 done (items below the gate are reported, not an error); 2 a user-facing error (one line on
+stderr); 75 stopped early by SIGTERM/SIGUSR1 or ``--runtime-minutes`` with progress saved in ``--workdir``
+(rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+from izoo.errors import IzooError
+from izoo.fitting import engine, refine
+from izoo.fitting.phases import PHASES
+from izoo.fitting.progress import emit
+from izoo.fitting.shard import EXIT_INTERRUPTED, MANIFEST_COLUMNS, StopControl, fit_shard
+
+
+def parse_dataset_config(text: str) -> dict[str, Any]:
+    """The ``--dataset-config`` JSON string (or ``@file.json``) as a dict."""
+    source = "--dataset-config"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(source).read_text()
+        except OSError as exc:
+            raise IzooError(f"cannot read dataset config ({exc.strerror})", source, "pass an existing JSON file") from exc
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IzooError(f"dataset config is not valid JSON ({exc.msg} at char {exc.pos})", source,
+                        "pass one entry of config.yaml's datasets: as a JSON string") from exc
+    if not isinstance(cfg, dict):
+        raise IzooError("dataset config must be a JSON object", source, "pass one entry of datasets: as a JSON object")
+    return cfg
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """``results/{ds}/manifest.csv`` with its columns checked."""
+    path = Path(path)
+    if not path.exists():
+        raise IzooError("manifest is missing", path, "run izoo manifest (the workflow's manifest rule) first")
+    manifest = pd.read_csv(path, dtype={"item_id": str, "source_id": str, "split": str, "shard": str})
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise IzooError(f"manifest lacks columns {missing}", path, "rebuild it with izoo manifest")
+    return manifest
+
+
+def sample_loader(dataset_cfg: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]:
+    """``load(manifest_row) -> Sample`` of the dataset's source (``izoo.datasets.open_source``)."""
+    try:
+        from izoo.datasets import open_source
+    except ImportError as exc:
+        raise IzooError(f"izoo.datasets is unavailable ({exc})", None, "reinstall izoo (pip install -e .)") from exc
+    if "source" not in dataset_cfg:
+        raise IzooError("dataset config has no source: section", "config.yaml", "add source: {format, root, ...}")
+    return open_source(dataset_cfg["source"]).load
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit one shard (basic) or one refinement job (extended / until_threshold)."""
+    cfg = parse_dataset_config(args.dataset_config)
+    manifest = read_manifest(args.manifest)
+    if args.phase == "basic":
+        if not args.shard:
+            raise IzooError("--phase basic needs --shard", None, "pass --shard SPLIT-NNNNN from shards.json")
+        items = manifest[manifest["shard"] == args.shard].sort_values("index").reset_index(drop=True)
+        if items.empty:
+            raise IzooError(f"shard {args.shard!r} has no items", args.manifest, "pass a shard id listed in shards.json")
+    else:
+        if not (args.plan and args.job):
+            raise IzooError(f"--phase {args.phase} needs --plan and --job", None,
+                            "pass the plan.json written by izoo plan-refinement and one of its job ids")
+        plan = refine.read_plan(args.plan)
+        if plan.get("phase") not in (None, args.phase):
+            raise IzooError(f"plan is for phase {plan.get('phase')!r}, not {args.phase!r}", args.plan,
+                            "pass the plan of the same phase")
+        items = refine.job_items(plan, args.job, manifest, args.plan)
+    stop = StopControl(args.runtime_minutes).install()
+    try:
+        out = fit_shard(items, sample_loader(cfg), cfg, args.workdir, args.phase, dataset=args.dataset, stop=stop)
+    except engine.FitInterrupted as exc:
+        emit(f"stopped: {stop.reason or exc}; progress kept in {args.workdir}; rerun the same command to resume "
+             f"(exit {EXIT_INTERRUPTED})")
+        return EXIT_INTERRUPTED
+    finally:
+        stop.restore()
+    out.write(args.out_weights, args.out_report)
+    n_pass = int(out.report["passed"].sum())
+    emit(f"done: {len(out.report)} items, {n_pass} passed the {out.attrs['gate_psnr']:g} dB gate, "
+         f"{len(out.report) - n_pass} below it; wrote {args.out_weights} and {args.out_report}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Write the refinement plan of ``--phase`` from the previous phase's reports."""
+    cfg = parse_dataset_config(args.dataset_config)
+    job_size = int(cfg.get("refine_job_size", 1024))
+    plan = refine.plan_refinement(args.reports, args.phase, job_size)
+    refine.write_plan(plan, args.out)
+    emit(f"plan {args.phase}: {plan['n_failing']} failing items in {len(plan['jobs'])} jobs → {args.out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fit`` and ``plan-refinement`` to the ``izoo`` command line."""
+    fit = subparsers.add_parser("fit", help="fit the INRs of one shard or refinement job (resumable)",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fit.add_argument("--dataset", required=True, help="dataset name (recorded in the weights file)")
+    fit.add_argument("--dataset-config", required=True, help="the dataset's config entry as JSON (or @file.json)")
+    fit.add_argument("--manifest", required=True, help="results/{ds}/manifest.csv")
+    fit.add_argument("--phase", required=True, choices=PHASES)
+    fit.add_argument("--shard", help="shard id (phase basic), e.g. train-00000")
+    fit.add_argument("--plan", help="plan.json of the phase (extended / until_threshold)")
+    fit.add_argument("--job", help="job id in the plan, e.g. job-0000")
+    fit.add_argument("--workdir", required=True, help="resume state of this job (batch files, checkpoints)")
+    fit.add_argument("--out-weights", required=True, help="weights file to write at the end (.h5)")
+    fit.add_argument("--out-report", required=True, help="PSNR report CSV to write at the end")
+    fit.add_argument("--runtime-minutes", type=float, default=None,
+                     help="job time limit; the job saves and exits 75 shortly before it")
+    fit.set_defaults(func=cmd_fit)
+
+    plan = subparsers.add_parser("plan-refinement", help="pack the items below the gate into refinement jobs")
+    plan.add_argument("--dataset", required=True)
+    plan.add_argument("--dataset-config", required=True, help="the dataset's config entry as JSON (or @file.json)")
+    plan.add_argument("--phase", required=True, choices=PHASES[1:], help="the phase the plan is for")
+    plan.add_argument("--reports", required=True, nargs="+", help="PSNR reports of the previous phase")
+    plan.add_argument("--out", required=True, help="plan.json to write")
+    plan.set_defaults(func=cmd_plan)
