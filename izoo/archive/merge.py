@@ -236,6 +236,18 @@ def _runs(src_file: np.ndarray, src_row: np.ndarray) -> list[tuple[int, int, int
     return [(int(a), int(b - a), int(src_file[a]), int(src_row[a])) for a, b in zip(starts, stops)]
 
 
+def _check_covered(src_file: np.ndarray, wanted: pd.DataFrame, split: str, manifest_path: Any) -> None:
+    """Every item of the split must be in a basic shard file (refinement only ever refits fitted items)."""
+    missing = np.flatnonzero(src_file < 0)
+    if len(missing):
+        shard_col = wanted["shard"] if "shard" in wanted.columns else pd.Series(["?"] * len(wanted))
+        missing_shards = sorted(shard_col.iloc[missing].astype(str).unique())
+        raise IzooError(f"{len(missing)} items of split {split!r} are in no basic shard file given "
+                        f"(shards {missing_shards[:5]}{' ...' if len(missing_shards) > 5 else ''}; "
+                        f"e.g. index {int(wanted['index'][missing[0]])})",
+                        manifest_path, "pass every basic shard file of the split with --shards (fit missing shards first)")
+
+
 def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequence[str | Path], out: str | Path,
                 refined: Sequence[str | Path] = (), dataset: str | None = None, virtual: bool = False,
                 block_items: int | None = None,
@@ -264,6 +276,8 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
     src_file = np.full(n, -1, dtype=np.int64)
     src_row = np.full(n, -1, dtype=np.int64)
     for fid, src in enumerate(sources):
+        if fid == len(shards):
+            _check_covered(src_file, wanted, split, manifest_path)
         pos = position.get_indexer(src.index)
         take = pos >= 0
         if src.kind == "basic" and not take.all():
@@ -289,13 +303,8 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
         src_file[pos] = fid
         src_row[pos] = rows
 
-    missing = np.flatnonzero(src_file < 0)
-    if len(missing):
-        shard_col = wanted["shard"] if "shard" in wanted.columns else pd.Series(["?"] * n)
-        missing_shards = sorted(shard_col.iloc[missing].astype(str).unique())
-        raise IzooError(f"{len(missing)} items of split {split!r} are in no given file (shards {missing_shards[:5]}"
-                        f"{' ...' if len(missing_shards) > 5 else ''}; e.g. index {int(wanted['index'][missing[0]])})",
-                        manifest_path, "pass every basic shard file of the split with --shards (fit missing shards first)")
+    if not refined:
+        _check_covered(src_file, wanted, split, manifest_path)
 
     _remove_stale_temps(out)
     files = _OpenFiles(sources)
