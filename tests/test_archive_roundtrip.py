@@ -92,3 +92,40 @@ def test_virtual_archive_reads_the_same_items_from_another_cwd(toy, train_archiv
         torch.testing.assert_close(a, b)
     np.testing.assert_array_equal(virtual.label_maps(), copied.label_maps())
     assert virtual.items["phase"].tolist() == copied.items["phase"].tolist()
+
+
+def test_nerf_files_merge_generically_and_render(tmp_path):
+    nerf_model = pytest.importorskip("izoo.nerf.model")
+    from izoo.archive import layout
+    from izoo.archive.merge import merge_split
+    import pandas as pd
+
+    spec = nerf_model.NerfSpec(depth=2, width=8, pos_freqs=2, dir_freqs=1)
+    table = pd.DataFrame({"index": [0, 1, 2], "split": "train", "item_id": ["a", "b", "c"], "label": [0, 1, 1],
+                          "source_id": ["a", "b", "c"], "shard": ["train-00000", "train-00000", "train-00001"]})
+    pose = np.eye(4, dtype=np.float32)
+    pose[2, 3] = 4.0  # camera on +z looking at the origin
+    for shard, rows in (("train-00000", [0, 1]), ("train-00001", [2])):
+        params = nerf_model.init_params(spec, [7 + r for r in rows])
+        items = table.iloc[rows].assign(psnr=26.0, phase="basic", iterations=5, seconds=1.0, passed=True)
+        extras = {"test_poses": np.stack([np.stack([pose, np.full((4, 4), np.nan, np.float32)])] * len(rows)),
+                  "focal": np.full(len(rows), 10.0, np.float32), "height": np.full(len(rows), 8),
+                  "width": np.full(len(rows), 8), "test_view_index": np.tile([96, -1], (len(rows), 1)),
+                  "class_name": np.array([b"chair"] * len(rows), dtype="S64")}
+        attrs = layout.base_attrs("nerf", spec.to_dict(), gate_psnr=25.0, rendering={"samples_per_ray": 8})
+        layout.write_inr_file(tmp_path / f"{shard}.h5", {k: v.numpy() for k, v in params.items()}, items, attrs,
+                              extras)
+    out = merge_split(table, "train", [tmp_path / "train-00001.h5", tmp_path / "train-00000.h5"],
+                      tmp_path / "train.h5").path
+    arch = izoo.archive.open(out)
+    assert arch.param_names == spec.param_names() and arch.spec == spec
+    torch.testing.assert_close(arch[2]["params"][0], nerf_model.init_params(spec, [9])["layer0.weight"][0])
+    assert arch.extras("class_name").tolist() == [b"chair"] * 3 and np.isnan(arch.extras("test_poses")[:, 1]).all()
+    assert arch[1]["class_name"] == "chair"
+    assert [b["class_name"] for b in arch.loader(batch_size=2, shuffle=True)][-1] == ["chair"]
+    images = arch.render([0, 2], 4, 4)
+    assert images.shape == (2, 3, 4, 4) and torch.isfinite(images).all()
+    from izoo.archive.verify import verify_archive
+
+    report = verify_archive(out, manifest=table, sample=2)
+    assert report.ok and any("render check skipped" in n for n in report.notes)

@@ -3,7 +3,7 @@
 API (``izoo.archive.open`` is ``open_archive``)::
 
     arch = izoo.archive.open("results/cifar10/archive/train.h5", device="cuda", in_memory=False)
-    len(arch); arch.spec                  # SirenSpec (None for other families); arch.attrs (decoded dict)
+    len(arch); arch.spec                  # SirenSpec (NerfSpec for nerf); arch.attrs (decoded dict); arch.model_family
     arch.param_names                      # ["layer0.weight", "layer0.bias", ...]: the order of every params list
     arch.labels, arch.psnr, arch.index    # numpy [N] (label -1 = none; index = manifest row)
     arch.items                            # pandas table of every per-item column
@@ -21,8 +21,9 @@ placed contiguous runs, pools them and permutes the pool: batches differ every e
 contiguous. ``in_memory=True`` reads the whole archive into RAM once (CIFAR's 1.4 GB; not ImageNet's 750 GB).
 The file is (re)opened lazily per process, so the Dataset works with multi-worker ``torch.utils.data.DataLoader``.
 
-Other families register their renderer with ``register_renderer(family, fn)``, ``fn(archive, params, height,
-width) -> Tensor``; ``siren`` is built in.
+``render`` dispatches on the ``model_family`` attribute: ``siren`` renders the batched SIREN on the pixel grid;
+``nerf`` renders each scene from its first archived held-out camera through ``izoo.nerf.archive`` (volumes and
+other cameras: use ``izoo.nerf.archive.NerfArchive`` directly). ``register_renderer(family, fn)`` adds a family.
 """
 
 from __future__ import annotations
@@ -44,20 +45,30 @@ from izoo.archive.merge import read_rows
 from izoo.errors import IzooError
 from izoo.models import siren
 
-Renderer = Callable[["InrArchive", list[torch.Tensor], int, int], torch.Tensor]
+Renderer = Callable[["InrArchive", np.ndarray, int, int], torch.Tensor]
 RENDERERS: dict[str, Renderer] = {}
 
 
 def register_renderer(family: str, renderer: Renderer) -> None:
-    """Make ``InrArchive.render`` work for archives of ``family`` (``renderer(archive, params, height, width)``)."""
+    """Make ``InrArchive.render`` work for ``family``: ``renderer(archive, rows, height, width) -> [B, 3, H, W]``."""
     RENDERERS[family] = renderer
 
 
-def _render_siren(archive: "InrArchive", params: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
-    return siren.render(params, archive.spec, height, width)
+def _render_siren(archive: "InrArchive", rows: np.ndarray, height: int, width: int) -> torch.Tensor:
+    return siren.render(archive.params_batch(rows), archive.spec, height, width)
+
+
+def _render_nerf(archive: "InrArchive", rows: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Each NeRF from its first archived held-out camera (the NeRF family's reader knows rays and intrinsics)."""
+    from izoo.nerf.archive import NerfArchive
+
+    with NerfArchive(archive.path, device=archive.device) as nerf:
+        images = [nerf.render(int(r), nerf.camera(int(r))["poses"][0], height, width) for r in rows]
+    return torch.stack(images).permute(0, 3, 1, 2)
 
 
 register_renderer("siren", _render_siren)
+register_renderer("nerf", _render_nerf)
 
 
 def param_sort_key(name: str) -> tuple:
@@ -74,6 +85,17 @@ def spec_from_attrs(attrs: dict[str, Any]) -> siren.SirenSpec | None:
     arch = attrs.get("architecture") or {}
     fields = {f.name for f in dataclasses.fields(siren.SirenSpec)}
     return siren.SirenSpec(**{k: v for k, v in arch.items() if k in fields})
+
+
+def param_order(attrs: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """Parameter names in the family's evaluation order (SIREN: layer by layer; NeRF: its spec's order)."""
+    if attrs.get("model_family") == "nerf":
+        from izoo.nerf.model import NerfSpec
+
+        canonical = NerfSpec.from_dict(attrs.get("architecture") or {}).param_names()
+        if sorted(canonical) == sorted(names):
+            return canonical
+    return sorted(names, key=param_sort_key)
 
 
 def virtual_source_problems(h5: h5py.File, folder: Path) -> list[str]:
@@ -109,7 +131,7 @@ class InrArchive(Dataset):
             if self.attrs.get("format") != layout.FORMAT:
                 raise IzooError(f"not an izoo archive (format={self.attrs.get('format')!r})", self.path,
                                 "open a file written by `izoo merge`")
-            self.param_names = sorted(h5["params"], key=param_sort_key)
+            self.param_names = param_order(self.attrs, list(h5["params"]))
             self.param_shapes = {n: tuple(h5[f"params/{n}"].shape[1:]) for n in self.param_names}
             self.extra_names = sorted(h5["extras"]) if "extras" in h5 else []
             self.labels = h5["items/label"][:]
@@ -128,7 +150,11 @@ class InrArchive(Dataset):
             raise IzooError(missing[0], self.path, "virtual archives need their shard files in place: restore them "
                             "or rerun `izoo merge` without --virtual")
         self.model_family = str(self.attrs.get("model_family", "siren"))
-        self.spec = spec_from_attrs(self.attrs)
+        self.spec: Any = spec_from_attrs(self.attrs)
+        if self.model_family == "nerf":
+            from izoo.nerf.model import NerfSpec
+
+            self.spec = NerfSpec.from_dict(self.attrs.get("architecture") or {})
         self._memory: dict[str, np.ndarray] | None = None
         if in_memory:
             h5 = self._file()
@@ -216,7 +242,10 @@ class InrArchive(Dataset):
         }
         if with_extras:
             for name in self.extra_names:
-                out[name] = self._tensor(self._read(f"extras/{name}", rows))
+                value = self._read(f"extras/{name}", rows)
+                # text extras (NeRF class names) stay a list of str: torch has no string tensors
+                out[name] = ([v.decode() if isinstance(v, bytes) else str(v) for v in value]
+                             if value.dtype.kind in "SUO" else self._tensor(value))
         return out
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -243,7 +272,9 @@ class InrArchive(Dataset):
         if self.model_family not in RENDERERS:
             raise IzooError(f"no renderer registered for model family {self.model_family!r}", self.path,
                             f"import the module that registers it (izoo.archive.reader.register_renderer)")
-        return RENDERERS[self.model_family](self, self.params_batch(indices), int(height), int(width))
+        rows = self._rows(indices)
+        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else rows
+        return RENDERERS[self.model_family](self, rows, int(height), int(width))
 
     def __repr__(self) -> str:
         return (f"InrArchive({str(self.path)!r}, items={len(self)}, family={self.model_family!r}, "
@@ -304,13 +335,23 @@ def _cat(batches: list[dict[str, Any]]) -> dict[str, Any]:
     for key, value in batches[0].items():
         if key == "params":
             out[key] = [torch.cat([b["params"][k] for b in batches]) for k in range(len(value))]
+        elif isinstance(value, list):
+            out[key] = [v for b in batches for v in b[key]]
         else:
             out[key] = torch.cat([b[key] for b in batches])
     return out
 
 
 def _take(batch: dict[str, Any], sel: slice | torch.Tensor) -> dict[str, Any]:
-    return {k: ([p[sel] for p in v] if k == "params" else v[sel]) for k, v in batch.items()}
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key == "params":
+            out[key] = [p[sel] for p in value]
+        elif isinstance(value, list):
+            out[key] = value[sel] if isinstance(sel, slice) else [value[int(k)] for k in sel.tolist()]
+        else:
+            out[key] = value[sel]
+    return out
 
 
 def open_archive(path: str | Path, device: torch.device | str = "cpu", in_memory: bool = False) -> InrArchive:
