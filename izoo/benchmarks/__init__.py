@@ -1,0 +1,1 @@
+"""Benchmarks on INR archives: classification (learnable tokenizers, differentiable augmentation), segmentation, pose."""

@@ -1,0 +1,145 @@
+"""INR classification end to end: archives → tokenizer → ViT → metrics, the CLI, and the results table."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from izoo.archive import layout
+from izoo.benchmarks import classification as clf
+from izoo.benchmarks.tables import classification_table, load_runs, table_markdown
+from izoo.cli import main as izoo_main
+from izoo.errors import IzooError
+from izoo.models import siren
+
+SPEC = siren.SirenSpec(depth=3, width=16)
+CLASSES = 4
+# a tiny ViT so a run costs seconds on a shared CPU; the real runs use the paper's ViT-tiny
+TINY = {"model": "vit_tiny", "image_size": 16, "patch": 4, "batch_size": 32, "lr": 2e-3, "epochs": 6,
+        "model_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2},
+        "augment": {"n_ops": 1, "magnitude": 5, "enabled": True,
+                    "ops": ["rotate", "shear_x", "shear_y", "translate_x", "translate_y", "cutout"]}}
+
+
+def synthetic_archive(path: Path, n: int, seed: int) -> Path:
+    """Valid SIRENs whose class shows as image structure: a smooth random texture plus a class colour.
+
+    No fitting (too slow for a shared CPU): every item is a randomly initialised SIREN with a smooth first
+    layer, and the class adds its own colour to the RGB head's bias, so the rendered images carry the label.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % CLASSES
+    params = siren.init_params(SPEC, [int(s) for s in rng.integers(0, 1 << 30, n)])
+    params[0] = params[0] * 0.5                        # smooth textures
+    params[-2] = params[-2] * 4.0                      # with visible contrast
+    colours = torch.tensor([[1.2, -1.0, -1.0], [-1.0, 1.2, -1.0], [-1.0, -1.0, 1.2], [1.0, 1.0, -0.6]])
+    params[-1] = params[-1] + colours[torch.as_tensor(labels)] * 0.3
+    named = {f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": p.numpy() for i, p in enumerate(params)}
+    items = pd.DataFrame({"index": np.arange(n), "item_id": [f"x{i}" for i in range(n)],
+                          "source_id": [f"synthetic#{i}" for i in range(n)], "split": "train", "label": labels,
+                          "psnr": np.full(n, 40.0), "phase": "basic", "iterations": 0, "seconds": 0.0,
+                          "passed": True})
+    attrs = layout.base_attrs("siren", {**SPEC.to_dict(), "layer_shapes": [list(x) for x in SPEC.param_shapes()]})
+    return layout.write_inr_file(path, named, items, attrs)
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("bench_classify")
+    return synthetic_archive(root / "train.h5", 192, 1), synthetic_archive(root / "test.h5", 64, 2)
+
+
+def test_settings_defaults_are_the_papers_and_bad_keys_fail() -> None:
+    s = clf.ClassificationSettings.from_json(None)
+    assert (s.model, s.patch, s.epochs, s.batch_size, s.lr, s.optimizer, s.schedule, s.reg_weight) == \
+        ("vit_tiny", 4, 200, 512, 1e-4, "adam", "cosine", 1.0)
+    assert s.augment == {"n_ops": 2, "magnitude": 9, "enabled": True}
+    merged = clf.ClassificationSettings.from_json('{"epochs": 3, "augment": {"n_ops": 1}}')
+    assert merged.epochs == 3 and merged.augment["n_ops"] == 1 and merged.augment["magnitude"] == 9
+    with pytest.raises(IzooError, match="unknown classification settings"):
+        clf.ClassificationSettings.from_json('{"epoch": 3}')
+    with pytest.raises(IzooError, match="checkpoint"):
+        clf.ClassificationSettings.from_json('{"checkpoint": "/nonexistent/vit.pth"}')
+
+
+def test_vit_tiny_is_the_papers_size() -> None:
+    vit = clf.build_vit(clf.ClassificationSettings(), num_classes=10)
+    assert len(vit.blocks) == 12 and vit.embed_dim == 192 and vit.blocks[0].attn.num_heads == 3
+    assert tuple(vit.patch_embed.proj.kernel_size) == (4, 4) and vit.patch_embed.num_patches == 64
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    pred = torch.tensor([0, 0, 1, 1, 2, 0])
+    target = torch.tensor([0, 1, 1, 1, 2, 2])
+    m = clf.classification_metrics(pred, target, 3)
+    # precision per class: 1/3, 2/2, 1/1; recall: 1/1, 2/3, 1/2
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["precision"] == pytest.approx((1 / 3 + 1 + 1) / 3)
+    f1 = [2 * (1 / 3) * 1 / (4 / 3), 2 * 1 * (2 / 3) / (5 / 3), 2 * 1 * 0.5 / 1.5]
+    assert m["f1"] == pytest.approx(sum(f1) / 3)
+
+
+def test_checkpoint_loads_from_a_local_file_and_resets_the_head(tmp_path: Path) -> None:
+    settings = clf.ClassificationSettings(model="vit_tiny", image_size=16, patch=4,
+                                          model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2})
+    donor = clf.build_vit(settings, num_classes=7)
+    torch.save(donor.state_dict(), tmp_path / "vit.pth")
+    settings.checkpoint = str(tmp_path / "vit.pth")
+    vit = clf.build_vit(settings, num_classes=3)
+    assert torch.equal(vit.blocks[0].attn.qkv.weight, donor.blocks[0].attn.qkv.weight)
+    assert vit.head.weight.shape == (3, 32)
+
+
+def test_short_training_run_beats_chance(archives: tuple[Path, Path], tmp_path: Path) -> None:
+    train, test = archives
+    out = tmp_path / "lc-seed0.json"
+    started = time.process_time()  # CPU time, so a busy shared machine does not fail the budget
+    rc = izoo_main(["bench-classify", "--train", str(train), "--test", str(test), "--tokenizer", "lc", "--seed", "0",
+                    "--settings", json.dumps(TINY), "--out", str(out), "--device", "cpu"])
+    cpu_seconds = time.process_time() - started
+    assert rc == 0 and cpu_seconds < 60
+    result = json.loads(out.read_text())
+    chance = 1 / CLASSES
+    assert result["accuracy"] >= chance + 0.35, result["history"]
+    assert 0 < result["precision"] <= 1 and 0 < result["f1"] <= 1
+    assert len(result["history"]) == TINY["epochs"] and result["history"][-1]["test_acc"] == result["accuracy"]
+    learned = np.asarray(result["token_coordinates"]["learned"])
+    initial = np.asarray(result["token_coordinates"]["initial"])
+    assert learned.shape == initial.shape == (16, 16, 2)
+    assert not np.allclose(learned, initial), "LC centres/scales never moved"
+    assert result["device"] == "cpu" and result["params"] > 0 and result["seconds"] > 0
+
+
+def test_lp_reg_run_and_table(archives: tuple[Path, Path], tmp_path: Path) -> None:
+    train, test = archives
+    quick = {**TINY, "epochs": 1, "max_train_items": 64, "max_test_items": 32}
+    paths = []
+    for tok, seed in (("uniform", 0), ("uniform", 1), ("lp_reg", 0)):
+        result = clf.run_classification(train, test, tok, seed, clf.ClassificationSettings.from_json(quick), "cpu")
+        paths.append(clf.write_result(result, tmp_path / f"{tok}-seed{seed}.json"))
+        assert result["train_items"] == 64 and result["test_items"] == 32
+    table = classification_table(load_runs(paths))
+    assert list(table.tokenizer) == ["uniform", "lp_reg"] and list(table.seeds) == [2, 1]
+    runs = [json.loads(p.read_text()) for p in paths[:2]]
+    accs = [100 * r["accuracy"] for r in runs]
+    assert table.accuracy_mean[0] == pytest.approx(np.mean(accs))
+    assert table.accuracy_std[0] == pytest.approx(np.std(accs, ddof=1))
+    assert "LP+reg" in table_markdown(table)
+    csv, md, png = tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "tokens.png"
+    rc = izoo_main(["bench-classify-table", "--runs", *map(str, paths), "--out-csv", str(csv), "--out-md", str(md),
+                    "--figure-from", str(paths[2]), "--out-png", str(png)])
+    assert rc == 0 and len(pd.read_csv(csv)) == 2 and "± " in md.read_text()
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_foreign_run_file_is_a_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text('{"hello": 1}')
+    with pytest.raises(IzooError, match="not a classification run result"):
+        load_runs([bad])
