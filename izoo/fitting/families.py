@@ -194,7 +194,7 @@ class SirenFamily:
             "mask": torch.zeros(n, dtype=torch.bool), "psnr_before": torch.zeros(n), "psnr": torch.zeros(n),
             "iterations": torch.zeros(n, dtype=torch.int64), "seconds": torch.zeros(n, dtype=torch.float64),
             **{f"p{k}": torch.zeros(n, *p.shape[1:]) for k, p in enumerate(flat_init)}}
-        if "chunk_size" in saved:
+        if saved.get("chunk_size"):
             self.chunk_size = int(saved["chunk_size"])
         inflight = saved.get("inflight")
         use_compile = self.fit_cfg.get("compile", "auto")

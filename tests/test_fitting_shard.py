@@ -1,0 +1,144 @@
+"""Shard fitting: batches in the work dir, resume after a kill, corrupt batch files, refinement jobs."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from izoo.archive import layout
+from izoo.fitting import refine
+from izoo.fitting.engine import FitInterrupted
+from izoo.fitting.shard import REPORT_COLUMNS, fit_shard
+
+N_ITEMS = 5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: OpenMP threads only add synchronisation cost (milliseconds per op on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _dataset_cfg(**fit):
+    return {"model": {"family": "siren", "depth": 3, "width": 8, "w0": 30, "init": "siren"},
+            "seed": {"mode": "per_item", "value": 7},
+            "fit": {"batch_size": 2, "iterations": 20, "check_every": 5, "checkpoint_every": 10, "lr": 1e-2,
+                    "lr_min": 1e-4, "gate_psnr": 25.0, "device": "cpu", "compile": "off",
+                    "extended": {"factor": 1, "patience": 10}, **fit}}
+
+
+def _manifest():
+    return pd.DataFrame({"index": range(N_ITEMS), "split": ["train"] * N_ITEMS,
+                         "item_id": [f"img{i}" for i in range(N_ITEMS)], "label": [i % 2 for i in range(N_ITEMS)],
+                         "source_id": [f"file{i}.png" for i in range(N_ITEMS)], "shard": ["train-00000"] * N_ITEMS})
+
+
+def _loader(with_label_map=False):
+    gen = torch.Generator().manual_seed(11)
+    images = torch.rand(N_ITEMS, 3, 6, 6, generator=gen)
+    images[0] = 0.4  # one easy item
+
+    def load(row):
+        idx = int(row["index"])
+        label_map = torch.full((6, 6), idx, dtype=torch.uint8) if with_label_map else None
+        return types.SimpleNamespace(item_id=row["item_id"], label=row["label"], image=images[idx], label_map=label_map)
+
+    return load
+
+
+class _StopAfter:
+    """Stop request after ``n`` polls (the engine polls once per step), like a SIGTERM mid-batch."""
+
+    def __init__(self, n):
+        self.n, self.reason = n, None
+
+    def should_stop(self):
+        self.n -= 1
+        if self.n < 0:
+            self.reason = "test kill"
+        return self.reason is not None
+
+
+def test_resume_after_kill_gives_the_same_weights(tmp_path, capsys):
+    cfg = _dataset_cfg()
+    whole = fit_shard(_manifest(), _loader(), cfg, tmp_path / "a", "basic", dataset="demo")
+    assert "batch 3/3 fitted (items 4-4)" in capsys.readouterr().err
+
+    with pytest.raises(FitInterrupted):   # batch 1 takes 21 polls; stop 13 steps into batch 2
+        fit_shard(_manifest(), _loader(), cfg, tmp_path / "b", "basic", stop=_StopAfter(21 + 13))
+    assert (tmp_path / "b" / "batch-00000.h5").exists()
+    assert (tmp_path / "b" / "batch-00001.ckpt").exists() and not (tmp_path / "b" / "batch-00001.h5").exists()
+    capsys.readouterr()
+    resumed = fit_shard(_manifest(), _loader(), cfg, tmp_path / "b", "basic", dataset="demo")
+    err = capsys.readouterr().err
+    assert "batch 1/3 reused from work dir" in err and "batch 2/3 fitted (items 2-3)" in err
+    assert "progress 5/5 items" in err and "mean PSNR" in err
+    assert not (tmp_path / "b" / "batch-00001.ckpt").exists()
+    for name, value in whole.params.items():
+        assert np.array_equal(value, resumed.params[name]), name
+    pd.testing.assert_frame_equal(whole.items.drop(columns="seconds"), resumed.items.drop(columns="seconds"))
+    assert list(whole.report.columns) == REPORT_COLUMNS
+    assert whole.attrs["phase"] == "basic" and whole.attrs["seed_mode"] == "per_item"
+    assert whole.attrs["gate_psnr"] == 25.0 and "de-normalised" in whole.attrs["normalisation"]["psnr"]
+
+
+def test_corrupt_or_stale_batch_file_is_refitted(tmp_path, capsys):
+    cfg = _dataset_cfg()
+    first = fit_shard(_manifest(), _loader(), cfg, tmp_path, "basic")
+    batch = tmp_path / "batch-00001.h5"
+    data = batch.read_bytes()
+    batch.write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    again = fit_shard(_manifest(), _loader(), cfg, tmp_path, "basic")
+    err = capsys.readouterr().err
+    assert "warning: batch 2/3" in err and "refitting it" in err
+    assert "batch 1/3 reused" in err and "batch 3/3 reused" in err and "batch 2/3 fitted" in err
+    for name, value in first.params.items():
+        assert np.array_equal(value, again.params[name])
+    # other settings → nothing reused
+    fit_shard(_manifest(), _loader(), _dataset_cfg(iterations=10), tmp_path, "basic")
+    err = capsys.readouterr().err
+    assert err.count("made with other settings") == 3 and "reused from work dir" not in err
+
+
+def test_refinement_job_continues_from_init_and_sums_iterations(tmp_path):
+    cfg = _dataset_cfg(gate_psnr=60.0)   # nothing passes: every item is refined
+    basic = fit_shard(_manifest(), _loader(with_label_map=True), cfg, tmp_path / "w0", "basic", dataset="demo")
+    basic.write(tmp_path / "train-00000.h5", tmp_path / "train-00000.csv")
+    assert basic.extras["label_map"].shape == (N_ITEMS, 6, 6)
+
+    plan = refine.plan_refinement([tmp_path / "train-00000.csv"], "extended", job_size=3)
+    assert plan["n_failing"] == N_ITEMS and list(plan["jobs"]) == ["job-0000", "job-0001"]
+    items = refine.job_items(plan, "job-0001", _manifest())
+    assert items["index"].tolist() == [3, 4] and (items["init"] == str(tmp_path / "train-00000.h5")).all()
+
+    ext = fit_shard(items, _loader(with_label_map=True), cfg, tmp_path / "w1", "extended", dataset="demo")
+    ext.write(tmp_path / "job-0001.h5", tmp_path / "job-0001.csv")
+    report = pd.read_csv(tmp_path / "job-0001.csv")
+    basic_rows = basic.items.set_index("index").loc[[3, 4]]
+    np.testing.assert_allclose(report["psnr_before"], basic_rows["psnr"], rtol=1e-5)
+    assert (report["phase"] == "extended").all() and (report["iterations"] > 0).all()
+    assert (report["psnr_after"] >= report["psnr_before"] - 1e-4).all()
+    written = layout.read_inr_file(tmp_path / "job-0001.h5")
+    np.testing.assert_array_equal(written.items["iterations"], basic_rows["iterations"].to_numpy() + report["iterations"])
+    assert (written.items["phase"] == "extended").all() and written.attrs["phase"] == "extended"
+    np.testing.assert_array_equal(written.extras["label_map"][:, 0, 0], [3, 4])
+
+    # the next plan reads the extended reports; passing items would be left out
+    report.loc[0, "passed"] = True
+    report.to_csv(tmp_path / "job-0001.csv", index=False)
+    nxt = refine.plan_refinement([tmp_path / "job-0001.csv"], "until_threshold", job_size=1024)
+    assert nxt["jobs"] == {"job-0000": [{"index": 4, "init": str(tmp_path / "job-0001.h5")}]}
+
+
+def test_plan_with_no_failures_has_no_jobs(tmp_path):
+    pd.DataFrame({"index": [0, 1], "passed": [True, True]}).to_csv(tmp_path / "r.csv", index=False)
+    assert refine.plan_refinement([tmp_path / "r.csv"], "extended", 8) == {"phase": "extended", "n_failing": 0,
+                                                                          "jobs": {}}
