@@ -60,6 +60,8 @@ class Sample:
     image: torch.Tensor | None = None  # [3, H, W] float32 in [0, 1]
     label_map: torch.Tensor | None = None  # [H, W] uint8 train ids, 255 = ignore
     scene: Scene | None = None
+    #: further per-item arrays to keep beside the INR (e.g. ``label_map_coarse``), stored as archive extras
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,16 +152,20 @@ class SourceDataset(abc.ABC):
         """List and validate ``split``: the good items in order and the bad ones (skip) or the first error."""
         refs, bad = self._listing(split)
         good: list[ItemRef] = []
-        # validation is I/O bound (file headers, possibly on a network filesystem), so threads help
+        bad = list(bad)
+        # validation is I/O bound (file headers, possibly on a network filesystem), so threads help; chunks keep
+        # the number of pending futures small for million-item datasets
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for ref, error in zip(refs, pool.map(self._validate_quietly, refs)):
-                if error is None:
-                    good.append(ref)
-                elif self.on_bad_item == "error":
-                    raise error
-                else:
-                    log.warning("skipping bad item: %s", error)
-                    bad.append(BadItem(ref.split, ref.item_id, ref.source_id, error.what))
+            for start in range(0, len(refs), 4096):
+                chunk = refs[start:start + 4096]
+                for ref, error in zip(chunk, pool.map(self._validate_quietly, chunk)):
+                    if error is None:
+                        good.append(ref)
+                    elif self.on_bad_item == "error":
+                        raise error
+                    else:
+                        log.warning("skipping bad item: %s", error)
+                        bad.append(BadItem(ref.split, ref.item_id, ref.source_id, error.what))
         if not good:
             raise IzooError(f"split {split!r} has no usable items" + (f" ({len(bad)} bad)" if bad else ""),
                             self.root, "check source.root and source.splits (and the bad-item report)")
@@ -305,13 +311,18 @@ def parse_size(value: Any, what: str) -> tuple[int, int] | None:
 
 def sorted_dirs(path: Path) -> list[Path]:
     """Sub-directories of ``path`` in a stable (name) order, hidden ones left out."""
-    return sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    # scandir's entries know their type without a stat per file, which matters over 1.4 M ImageNet files
+    with os.scandir(path) as entries:
+        names = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    return [path / name for name in sorted(names)]
 
 
 def sorted_images(path: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
     """Image files directly in ``path`` in a stable (name) order, hidden ones left out."""
-    return sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in suffixes), key=lambda p: p.name)
+    with os.scandir(path) as entries:
+        names = [e.name for e in entries if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower()
+                 in suffixes and e.is_file()]
+    return [path / name for name in sorted(names)]
 
 
 def to_float_image(img: Image.Image) -> torch.Tensor:

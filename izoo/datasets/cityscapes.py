@@ -50,7 +50,11 @@ def to_train_ids(label_ids: np.ndarray) -> np.ndarray:
 
 
 class CityscapesSource(SourceDataset):
-    """Cityscapes images (item id ``city_seq_frame``, label -1) with label maps resized to ``size`` (nearest)."""
+    """Cityscapes images (item id ``city_seq_frame``, label -1) with label maps resized to ``size`` (nearest).
+
+    ``labels`` is ``fine``, ``coarse``, a list such as ``[fine, coarse]`` (the first fills ``Sample.label_map``,
+    the others ``Sample.extras["label_map_<kind>"]``), or a mapping split -> one of those.
+    """
 
     format = "cityscapes"
     default_splits = ("train", "val")
@@ -59,24 +63,25 @@ class CityscapesSource(SourceDataset):
         super().__init__(cfg)
         self.size = parse_size(self.cfg.get("size", [320, 640]), "size")
         labels = self.cfg.get("labels", "fine")
-        self._kinds: dict[str, str] = {}
+        self._kinds: dict[str, list[str]] = {}
         for split in self._splits:
-            # train_extra only has coarse labels, so it defaults to them
-            kind = labels.get(split, "fine") if isinstance(labels, Mapping) else str(labels)
+            value = labels.get(split, "fine") if isinstance(labels, Mapping) else labels
             if split == "train_extra" and not isinstance(labels, Mapping):
-                kind = "coarse"
-            if kind not in LABEL_KINDS:
-                raise IzooError(f"labels must be fine or coarse, got {kind!r}", None, "set source.labels: fine|coarse")
-            self._kinds[split] = kind
+                value = "coarse"  # train_extra only has coarse annotations
+            kinds = [value] if isinstance(value, str) else list(value)
+            if not kinds or any(k not in LABEL_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+                raise IzooError(f"labels must be fine, coarse or a list of them, got {value!r}", None,
+                                "set source.labels: fine, coarse or [fine, coarse]")
+            self._kinds[split] = kinds
         if not (self.root / "leftImg8bit").is_dir():
             raise IzooError("no leftImg8bit/ folder", self.root, f"use {EXPECTED}")
 
-    def label_kind(self, split: str) -> str:
-        """``fine`` or ``coarse``: which annotations label maps of ``split`` come from."""
-        return self._kinds[split]
+    def label_kinds(self, split: str) -> list[str]:
+        """Annotation kinds loaded for ``split``; the first fills ``label_map``."""
+        return list(self._kinds[split])
 
-    def _label_path(self, split: str, image_rel: str) -> Path:
-        folder = LABEL_KINDS[self._kinds[split]]
+    def _label_path(self, split: str, image_rel: str, kind: str) -> Path:
+        folder = LABEL_KINDS[kind]
         rel = Path(image_rel)
         stem = rel.name[: -len(IMAGE_SUFFIX)]
         return self.root / folder / split / rel.parent.name / f"{stem}_{folder}_labelIds.png"
@@ -85,18 +90,20 @@ class CityscapesSource(SourceDataset):
         image_dir = self.root / "leftImg8bit" / split
         if not image_dir.is_dir():
             raise IzooError(f"split folder {split!r} is missing", image_dir, f"use {EXPECTED}")
-        label_dir = self.root / LABEL_KINDS[self._kinds[split]] / split
-        if not label_dir.is_dir():
-            raise IzooError(f"no {self._kinds[split]} annotations for split {split!r}", label_dir,
-                            f"download {LABEL_KINDS[self._kinds[split]]} or set source.labels")
+        for kind in self._kinds[split]:
+            label_dir = self.root / LABEL_KINDS[kind] / split
+            if not label_dir.is_dir():
+                raise IzooError(f"no {kind} annotations for split {split!r}", label_dir,
+                                f"download {LABEL_KINDS[kind]} or change source.labels")
         for city_dir in sorted_dirs(image_dir):
             for path in sorted(city_dir.glob(f"*{IMAGE_SUFFIX}"), key=lambda p: p.name):
                 source_id = path.relative_to(self.root).as_posix()
                 item_id = path.name[: -len(IMAGE_SUFFIX)]
-                label_path = self._label_path(split, source_id)
-                if not label_path.is_file():
+                missing = [self._label_path(split, source_id, kind) for kind in self._kinds[split]]
+                missing = [p for p in missing if not p.is_file()]
+                if missing:
                     yield BadItem(split, item_id, source_id,
-                                  f"label map missing: {label_path.relative_to(self.root).as_posix()}")
+                                  f"label map missing: {missing[0].relative_to(self.root).as_posix()}")
                 else:
                     yield ItemRef(item_id, split, NO_LABEL, source_id)
 
@@ -113,12 +120,12 @@ class CityscapesSource(SourceDataset):
 
     def _check(self, ref: ItemRef, full: bool) -> None:
         image_path = self.root / ref.source_id
-        label_path = self._label_path(ref.split, ref.source_id)
         image_size = check_image_file(image_path, full)
-        label_size = check_image_file(label_path, full)
-        self._check_sizes(image_path, image_size, label_path, label_size)
-        if full:
-            self._read_label_ids(label_path)
+        for kind in self._kinds[ref.split]:
+            label_path = self._label_path(ref.split, ref.source_id, kind)
+            self._check_sizes(image_path, image_size, label_path, check_image_file(label_path, full))
+            if full:
+                self._read_label_ids(label_path)
 
     def _read_label_ids(self, label_path: Path) -> np.ndarray:
         """The label ids of a labelIds PNG as uint8 [H, W]; wrong kind of file or out-of-range ids are bad items."""
@@ -146,16 +153,19 @@ class CityscapesSource(SourceDataset):
 
     def _load(self, ref: ItemRef) -> Sample:
         image_path = self.root / ref.source_id
-        label_path = self._label_path(ref.split, ref.source_id)
         img = open_image(image_path, "RGB")
-        if not label_path.is_file():
-            raise self.bad(label_path, "label map missing")
-        ids = self._read_label_ids(label_path)
-        self._check_sizes(image_path, img.size, label_path, (ids.shape[1], ids.shape[0]))
         height, width = self.size
+        maps: dict[str, torch.Tensor] = {}
+        for kind in self._kinds[ref.split]:
+            label_path = self._label_path(ref.split, ref.source_id, kind)
+            if not label_path.is_file():
+                raise self.bad(label_path, "label map missing")
+            ids = self._read_label_ids(label_path)
+            self._check_sizes(image_path, img.size, label_path, (ids.shape[1], ids.shape[0]))
+            train_ids = torch.from_numpy(to_train_ids(ids))[None]
+            maps[kind] = TF.resize(train_ids, [height, width], interpolation=InterpolationMode.NEAREST_EXACT)[0]
         image = to_float_image(TF.resize(img, [height, width], interpolation=InterpolationMode.BILINEAR,
                                          antialias=True))
-        train_ids = torch.from_numpy(to_train_ids(ids))[None]
-        label_map = TF.resize(train_ids, [height, width], interpolation=InterpolationMode.NEAREST_EXACT)[0]
-        return Sample(item_id=ref.item_id, label=NO_LABEL, image=image, label_map=label_map.contiguous())
-
+        primary, *others = self._kinds[ref.split]
+        return Sample(item_id=ref.item_id, label=NO_LABEL, image=image, label_map=maps[primary].contiguous(),
+                      extras={f"label_map_{kind}": maps[kind].contiguous() for kind in others})

@@ -31,6 +31,8 @@ KINDS = ("cifar10", "cityscapes", "scenes")
 DEMO_VERSION = 1
 #: folder of each kind under the demo root (the official top-level names)
 KIND_DIRS = {"cifar10": "cifar-10-batches-py", "cityscapes": "cityscapes", "scenes": "scenes"}
+#: written last when every kind is complete
+COMPLETE_MARKER = ".izoo-demo-complete"
 
 
 # ---- writing helpers ----------------------------------------------------------------------------------------
@@ -478,4 +480,8 @@ def make_demo_data(out_dir: str | Path, seed: int = 0, kinds: Sequence[str] = KI
         result[kind] = makers[kind]()
         _write_bytes(marker, _json_bytes(settings))
         log.info("demo %s written to %s in %.1f s", kind, result[kind], time.perf_counter() - started)
+    if all(_marker(out_dir, kind).is_file() for kind in KINDS):
+        # one marker for the whole demo set (the workflow's demo_data rule declares it as its output)
+        _write_bytes(out_dir / COMPLETE_MARKER, _json_bytes({"seed": int(seed), "version": DEMO_VERSION,
+                                                             "kinds": list(KINDS)}))
     return result

@@ -56,11 +56,9 @@ class ScenesSource(SourceDataset):
         if self.train_views < 1:
             raise IzooError(f"train_views must be >= 1, got {self.train_views}", None, "fix source.train_views")
         self.pattern = str(self.cfg.get("transforms", "transforms*.json"))
-        self._scenes: dict[str, list[tuple[Path, list[Path]]]] = {}
-        names = sorted({class_of(scene_dir.relative_to(self._split_base(split)))
-                        for split in self._splits for scene_dir, _ in self._discover(split)})
-        self._class_names = names
-        self._label = {name: k for k, name in enumerate(names)}
+        # discovering scenes walks the whole dataset, so it happens only when listing (manifest), never per job
+        self._scenes: dict[str, list[Path]] = {}
+        self._class_names: list[str] | None = None
 
     def _split_base(self, split: str) -> Path:
         if len(self._splits) == 1 and not (self.root / split).is_dir():
@@ -70,44 +68,47 @@ class ScenesSource(SourceDataset):
             raise IzooError(f"split folder {split!r} is missing", base, f"use {EXPECTED}")
         return base
 
-    def _discover(self, split: str) -> list[tuple[Path, list[Path]]]:
-        """(scene folder, its transforms files in view order) for every scene of ``split``, in path order."""
-        if split not in self._scenes:
-            base = self._split_base(split)
-            groups: dict[Path, list[Path]] = {}
-            for json_path in base.rglob(self.pattern):
-                if json_path.is_file() and not any(p.startswith(".") for p in json_path.relative_to(base).parts):
-                    groups.setdefault(json_path.parent, []).append(json_path)
-            scenes = []
-            for json_dir, files in groups.items():
+    def _scene_jsons(self, scene_dir: Path) -> list[Path]:
+        """A scene's transforms files in view order (train, val, test, then others by name)."""
+        for json_dir in (scene_dir / _RENDER_DIR, scene_dir):
+            files = [f for f in json_dir.glob(self.pattern) if f.is_file()] if json_dir.is_dir() else []
+            if files:
                 per_split = [f for f in files if f.stem in _JSON_ORDER]
                 # with per-split files present, a plain transforms.json would repeat their frames
-                files = sorted(per_split or files, key=lambda f: (_JSON_ORDER.get(f.stem, 9), f.name))
-                scene_dir = json_dir.parent if json_dir.name == _RENDER_DIR and json_dir != base else json_dir
-                scenes.append((scene_dir, files))
-            self._scenes[split] = sorted(scenes, key=lambda s: s[0].relative_to(base).as_posix())
+                return sorted(per_split or files, key=lambda f: (_JSON_ORDER.get(f.stem, 9), f.name))
+        return []
+
+    def _discover(self, split: str) -> list[Path]:
+        """Every scene folder of ``split``, in path order."""
+        if split not in self._scenes:
+            base = self._split_base(split)
+            scene_dirs: set[Path] = set()
+            for json_path in base.rglob(self.pattern):
+                if json_path.is_file() and not any(p.startswith(".") for p in json_path.relative_to(base).parts):
+                    json_dir = json_path.parent
+                    scene_dirs.add(json_dir.parent if json_dir.name == _RENDER_DIR and json_dir != base else json_dir)
+            self._scenes[split] = sorted(scene_dirs, key=lambda d: d.relative_to(base).as_posix())
         return self._scenes[split]
 
     def classes(self) -> dict[int, str]:
-        """Label → class name (class folders, or scene names without their numeric suffix)."""
+        """Label → class name (class folders, or scene names without their numeric suffix), over all splits."""
+        if self._class_names is None:
+            self._class_names = sorted({class_of(scene_dir.relative_to(self._split_base(split)))
+                                        for split in self._splits for scene_dir in self._discover(split)})
         return dict(enumerate(self._class_names))
 
     def _list(self, split: str) -> Iterable[ItemRef | BadItem]:
         base = self._split_base(split)
-        for scene_dir, _ in self._discover(split):
-            rel = scene_dir.relative_to(base)
-            yield ItemRef(scene_dir.name, split, self._label[class_of(rel)], scene_dir.relative_to(self.root).as_posix())
-
-    def _json_files(self, ref: ItemRef) -> tuple[Path, list[Path]]:
-        scene_dir = self.root / ref.source_id
-        for found_dir, files in self._discover(ref.split):
-            if found_dir == scene_dir:
-                return scene_dir, files
-        raise self.bad(scene_dir, f"scene folder has no {self.pattern} file", "rebuild the manifest")
+        label = {name: k for k, name in self.classes().items()}
+        for scene_dir in self._discover(split):
+            yield ItemRef(scene_dir.name, split, label[class_of(scene_dir.relative_to(base))],
+                          scene_dir.relative_to(self.root).as_posix())
 
     def _views(self, ref: ItemRef) -> list[View]:
         """Parse a scene's transforms files into views; any malformed entry is a bad item."""
-        _, files = self._json_files(ref)
+        files = self._scene_jsons(self.root / ref.source_id)
+        if not files:
+            raise self.bad(self.root / ref.source_id, f"scene folder has no {self.pattern} file", f"use {EXPECTED}")
         views: list[View] = []
         for json_path in files:
             try:
@@ -182,11 +183,9 @@ class ScenesSource(SourceDataset):
         focal = 0.5 * source_width / math.tan(0.5 * views[0].camera_angle_x) * (width / source_width)
         poses = torch.from_numpy(np.stack([v.pose for v in views]).astype(np.float32))
         n_views = len(views)
+        # the label comes from the manifest: checking it against all class names would walk the whole dataset
         class_name = class_of((self.root / ref.source_id).relative_to(self._split_base(ref.split)))
-        if class_name not in self._label:
-            raise IzooError(f"scene class {class_name!r} is not among the classes found at start", self.root / ref.source_id,
-                            "rebuild the manifest")
         scene = Scene(images=stack, poses=poses, focal=float(focal), height=height, width=width,
                       train_views=list(range(self.train_views)), test_views=list(range(self.train_views, n_views)),
-                      label=self._label[class_name], class_name=class_name)
+                      label=ref.label, class_name=class_name)
         return Sample(item_id=ref.item_id, label=scene.label, image=None, scene=scene)
