@@ -66,3 +66,7 @@ def register_classification(sub: argparse._SubParsersAction) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Register every benchmark command (one call per benchmark)."""
     register_classification(subparsers)
+    from izoo.benchmarks import pose, segmentation
+
+    segmentation.register(subparsers)  # bench-segment, bench-segment-table
+    pose.register(subparsers)  # bench-pose, bench-pose-table
