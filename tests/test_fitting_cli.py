@@ -1,0 +1,134 @@
+"""``izoo fit`` / ``izoo plan-refinement`` as the workflow calls them: outputs, exit codes, signals, deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import izoo.datasets  # noqa: F401  (imported up front so the deadline test times fitting, not imports)
+from izoo.archive import layout
+from izoo.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: OpenMP threads only add synchronisation cost on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _dataset(tmp_path: Path, n: int = 4, iterations: int = 20) -> tuple[dict, Path]:
+    """A folder-format dataset of ``n`` 6×6 PNGs, its config and a hand-written manifest."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        cls = "a" if i % 2 == 0 else "b"
+        path = tmp_path / "src" / "train" / cls / f"img{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(path)
+        rows.append({"index": i, "split": "train", "item_id": f"train/{cls}/img{i}", "label": i % 2,
+                     "source_id": f"train/{cls}/img{i}.png", "shard": "train-00000"})
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    cfg = {"source": {"format": "folder", "root": str(tmp_path / "src"), "splits": ["train"], "on_bad_item": "error"},
+           "model": {"family": "siren", "depth": 3, "width": 8, "w0": 30, "init": "siren"},
+           "seed": {"mode": "shared", "value": 42},
+           "fit": {"batch_size": 2, "iterations": iterations, "lr": 1e-2, "lr_min": 1e-4, "gate_psnr": 60.0,
+                   "check_every": 10, "checkpoint_every": 20, "device": "cpu", "compile": "off",
+                   "extended": {"factor": 1, "patience": 10}},
+           "refine_job_size": 3}
+    return cfg, manifest
+
+
+def _fit_args(cfg, manifest, tmp_path, phase="basic", job=None, extra=()):
+    name = job or "train-00000"
+    args = ["fit", "--dataset", "demo", "--dataset-config", json.dumps(cfg), "--manifest", str(manifest),
+            "--phase", phase, "--workdir", str(tmp_path / "work" / phase / name),
+            "--out-weights", str(tmp_path / "fit" / phase / f"{name}.h5"),
+            "--out-report", str(tmp_path / "fit" / phase / f"{name}.csv"), *extra]
+    if job is None:
+        args += ["--shard", "train-00000"]
+    else:
+        args += ["--plan", str(tmp_path / "fit" / phase / "plan.json"), "--job", job]
+    return args
+
+
+def test_fit_plan_refine_round_trip(tmp_path, capsys):
+    cfg, manifest = _dataset(tmp_path)
+    assert main(_fit_args(cfg, manifest, tmp_path)) == 0
+    err = capsys.readouterr().err
+    assert "izoo-fit: batch 1/2 fitted (items 0-1)" in err and "izoo-fit: batch 2/2 fitted (items 2-3)" in err
+    report = pd.read_csv(tmp_path / "fit/basic/train-00000.csv")
+    assert list(report.columns) == ["index", "item_id", "split", "label", "shard", "phase", "psnr_before",
+                                    "psnr_after", "iterations", "seconds", "passed"]
+    assert (~report["passed"]).all() and (report["iterations"] == 20).all()
+    basic = layout.read_inr_file(tmp_path / "fit/basic/train-00000.h5")
+    assert basic.params["layer0.weight"].shape == (4, 8, 2) and basic.params["layer2.bias"].shape == (4, 3)
+    assert basic.attrs["architecture"]["layer_shapes"]["layer1.weight"] == [8, 8]
+    assert basic.attrs["dataset"] == "demo" and basic.attrs["tf32"] is False or basic.attrs["tf32"] == 0
+
+    assert main(["plan-refinement", "--dataset", "demo", "--dataset-config", json.dumps(cfg), "--phase", "extended",
+                 "--reports", str(tmp_path / "fit/basic/train-00000.csv"),
+                 "--out", str(tmp_path / "fit/extended/plan.json")]) == 0
+    plan = json.loads((tmp_path / "fit/extended/plan.json").read_text())
+    assert plan["n_failing"] == 4 and [len(v) for v in plan["jobs"].values()] == [3, 1]
+
+    assert main(_fit_args(cfg, manifest, tmp_path, "extended", "job-0001")) == 0
+    ext = layout.read_inr_file(tmp_path / "fit/extended/job-0001.h5")
+    ext_report = pd.read_csv(tmp_path / "fit/extended/job-0001.csv")
+    assert ext.items["index"].tolist() == [3] and ext_report["shard"].tolist() == ["train-00000"]
+    assert ext.items["iterations"].tolist() == [20 + int(ext_report["iterations"][0])]
+
+    # a job that is not in the plan is a one-line error, exit 2
+    assert main(_fit_args(cfg, manifest, tmp_path, "extended", "job-0009")) == 2
+    assert "job 'job-0009' is not in the plan" in capsys.readouterr().err
+
+
+def test_runtime_deadline_saves_and_exits_75(tmp_path, capsys):
+    cfg, manifest = _dataset(tmp_path, iterations=100000)
+    # 0.02 min = 1.2 s limit: the job stops itself at 0.8 × 1.2 s, inside the first (endless) batch
+    assert main(_fit_args(cfg, manifest, tmp_path, extra=["--runtime-minutes", "0.02"])) == 75
+    err = capsys.readouterr().err
+    assert "stopped: runtime limit" in err and "rerun the same command to resume" in err
+    assert (tmp_path / "work/basic/train-00000/batch-00000.ckpt").exists()
+    assert not (tmp_path / "fit/basic/train-00000.h5").exists()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_sigterm_saves_exits_75_and_resumes(tmp_path):
+    cfg, manifest = _dataset(tmp_path, iterations=1000)
+    work = tmp_path / "work/basic/train-00000"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "izoo", *_fit_args(cfg, manifest, tmp_path)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "batch 1/2 fitted" in line:
+            deadline = time.monotonic() + 60
+            while not (work / "batch-00001.ckpt").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)   # signal inside batch 2 (between batches there is no checkpoint to test)
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stderr.readlines()
+    assert proc.wait(timeout=120) == 75, "".join(lines)
+    assert any("batch 2/2 interrupted (signal SIGTERM)" in line for line in lines), "".join(lines)
+    assert (work / "batch-00000.h5").exists() and (work / "batch-00001.ckpt").exists()
+
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "batch 1/2 reused from work dir" in done.stderr and "batch 2/2 fitted" in done.stderr
+    assert (tmp_path / "fit/basic/train-00000.h5").exists() and not (work / "batch-00001.ckpt").exists()
