@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -100,6 +101,8 @@ class SourceDataset(abc.ABC):
     format: str = ""
     #: splits used when the config names none
     default_splits: tuple[str, ...] = ("train", "test")
+    #: False where listing already checks every item (CIFAR's in-memory arrays): scan then skips ``_check``
+    checks_items: bool = True
 
     def __init__(self, cfg: Mapping[str, Any]):
         self.cfg = dict(cfg)
@@ -150,9 +153,20 @@ class SourceDataset(abc.ABC):
 
     def scan(self, split: str, workers: int = 8) -> tuple[list[ItemRef], list[BadItem]]:
         """List and validate ``split``: the good items in order and the bad ones (skip) or the first error."""
-        refs, bad = self._listing(split)
+        refs, listed_bad = self._listing(split)
+        bad = list(listed_bad)
+        if self.checks_items and self.validate_mode != "none":
+            good = self._validated(refs, bad, workers)
+        else:
+            good = list(refs)
+        if not good:
+            raise IzooError(f"split {split!r} has no usable items" + (f" ({len(bad)} bad)" if bad else ""),
+                            self.root, "check source.root and source.splits (and the bad-item report)")
+        return good, bad
+
+    def _validated(self, refs: list[ItemRef], bad: list[BadItem], workers: int) -> list[ItemRef]:
+        """The refs that pass ``validate``, in order; bad ones are appended to ``bad`` (skip) or raised (error)."""
         good: list[ItemRef] = []
-        bad = list(bad)
         # validation is I/O bound (file headers, possibly on a network filesystem), so threads help; chunks keep
         # the number of pending futures small for million-item datasets
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -166,10 +180,7 @@ class SourceDataset(abc.ABC):
                     else:
                         log.warning("skipping bad item: %s", error)
                         bad.append(BadItem(ref.split, ref.item_id, ref.source_id, error.what))
-        if not good:
-            raise IzooError(f"split {split!r} has no usable items" + (f" ({len(bad)} bad)" if bad else ""),
-                            self.root, "check source.root and source.splits (and the bad-item report)")
-        return good, bad
+        return good
 
     def load(self, ref: ItemRef | Mapping[str, Any]) -> Sample:
         """Load one item (an ``ItemRef`` or a manifest row); a bad item raises ``BadItemError``."""
@@ -326,7 +337,7 @@ def sorted_images(path: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[
 
 
 def to_float_image(img: Image.Image) -> torch.Tensor:
-    """A PIL RGB image as a [3, H, W] float32 tensor in [0, 1]."""
-    from torchvision.transforms.v2 import functional as TF
-
-    return TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True).contiguous()
+    """A PIL RGB (or RGBA) image as a contiguous [C, H, W] float32 tensor in [0, 1] (pixel / 255)."""
+    # one strided copy into planar float32: converting the HWC uint8 view in torch costs several passes
+    planar = np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1), dtype=np.float32)
+    return torch.from_numpy(planar).div_(255.0)

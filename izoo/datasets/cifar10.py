@@ -192,8 +192,10 @@ class Cifar10Source(SourceDataset):
                 else:
                     yield ItemRef(item_id, split, int(batch.labels[row]), source_id)
 
+    #: listing already checks every array and label of the (in-memory) pickles
+    checks_items = False
+
     def _check(self, ref: ItemRef, full: bool) -> None:
-        # listing already checked every array and label of the (in-memory) pickles
         return None
 
     def _locate(self, ref: ItemRef) -> tuple[Path, int]:

@@ -15,7 +15,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from izoo.datasets.base import (BadItem, ItemRef, Sample, Scene, SourceDataset, check_image_file, open_image,
-                                parse_size)
+                                parse_size, to_float_image)
 from izoo.errors import IzooError
 
 EXPECTED = ("one folder per scene (optionally grouped in class folders) holding transforms.json or "
@@ -168,7 +168,7 @@ class ScenesSource(SourceDataset):
             img = open_image(view.path, "RGBA")
             first = first or img.size
             self._check_view_size(view.path, img.size, first)
-            rgba = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
+            rgba = to_float_image(img)
             # straight (non-premultiplied) alpha, as Blender writes it: composite on white before resizing
             rgb = rgba[:3] * rgba[3:] + (1.0 - rgba[3:])
             images.append(rgb)
