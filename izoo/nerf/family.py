@@ -8,6 +8,7 @@ item keeps in ``/extras``; default 4, the OmniObject3D views after the first 96 
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -106,7 +107,7 @@ class NerfFamily:
             "mask": torch.zeros(n, dtype=torch.bool), "psnr_before": torch.zeros(n), "psnr": torch.zeros(n),
             "iterations": torch.zeros(n, dtype=torch.int64), "seconds": torch.zeros(n, dtype=torch.float64),
             **{f"p{k}": torch.zeros(n, *np.asarray(init[name]).shape[1:]) for k, name in enumerate(names)}}
-        if "chunk_size" in saved:
+        if saved.get("chunk_size") is not None:
             self.chunk_size = int(saved["chunk_size"])
         inflight = saved.get("inflight")
 
@@ -127,7 +128,8 @@ class NerfFamily:
                 res = fit_scenes([scenes[i] for i in positions], self.spec, settings, self.render,
                                  init={k: torch.as_tensor(np.asarray(init[k], dtype=np.float32)[sel]) for k in names},
                                  device=device, resume_state=resume, should_stop=checkpoint.should_stop,
-                                 on_checkpoint=save if checkpoint.path else None, progress=progress)
+                                 on_checkpoint=save if checkpoint.path else None, progress=progress,
+                                 ray_keys=[ray_key(samples[i]) for i in positions])
             except Exception as exc:
                 if not engine.is_out_of_memory(exc):
                     raise
@@ -164,6 +166,11 @@ class NerfFamily:
             raise IzooError(f"item {getattr(sample, 'item_id', '?')} has no scene", None,
                             "NeRF datasets need multi-view scenes (source.format: scenes); use family siren for images")
         return scene
+
+
+def ray_key(sample: Any) -> int:
+    """A scene's random-draw key: CRC-32 of its item id (stable across runs, batches and machines)."""
+    return zlib.crc32(str(getattr(sample, "item_id", "")).encode())
 
 
 register_family("nerf", NerfFamily)

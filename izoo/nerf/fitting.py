@@ -20,8 +20,9 @@ Phases follow ``izoo.fitting.phases.PhaseSettings`` exactly like the 2D engine: 
 training steps, and ``basic`` stops no scene early); the refinement phases evaluate every ``check_every`` steps,
 stop scenes that pass the gate or stall, keep the best weights, and drop finished scenes from the batch.
 
-Randomness (ray choice, stratified jitter) is drawn from a generator re-seeded at every step from
-``(seed, step)``, so a run resumed from a checkpoint continues bit-for-bit where it stopped.
+Randomness (ray choice, stratified jitter) is drawn per scene from a generator re-seeded at every step from
+``(seed, scene key, step)``: a run resumed from a checkpoint continues bit-for-bit where it stopped, and a
+scene's draws do not depend on the other scenes of its batch (the family keys scenes by their item id).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 #: a pixel is "object" when any channel is below this (views are composited on pure white)
 WHITE_THRESHOLD = 0.99
-#: mixes the step number into the per-step seed (a large odd constant keeps (seed, step) pairs apart)
+#: mixes scene key and step into per-step seeds (a large odd constant keeps the combinations apart)
 _STEP_MIX = 1_000_003
 
 ProgressFn = Callable[[int, int, int, float], None]  # (step, max_steps, n_active, mean PSNR of checked scenes)
@@ -198,13 +199,14 @@ class SceneData:
         self.eval_poses = torch.stack(eval_poses).to(dev)      # [B, Ve, 4, 4]
         self.eval_focal = torch.tensor(eval_focal, device=dev)
 
-    def sample_rays(self, rows: torch.Tensor, n_rays: int, object_fraction: float,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Draw ``n_rays`` training rays for each scene in ``rows`` → origins, directions, colours ``[A, n_rays, 3]``."""
-        dev = self.device
-        n_active = len(rows)
-        n_obj_rays = int(round(object_fraction * n_rays))
-        u = torch.rand(n_active, n_rays, device=dev, generator=generator, dtype=torch.float64)
+    def sample_rays(self, rows: torch.Tensor, u: torch.Tensor,
+                    object_fraction: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training rays of the scenes ``rows`` from uniform draws ``u`` ``[A, R]`` (float64 in [0, 1)).
+
+        The first ``round(object_fraction · R)`` rays of each scene come from its object pixels, the rest from all
+        its pixels. Returns origins, directions and target colours ``[A, R, 3]``.
+        """
+        n_obj_rays = int(round(object_fraction * u.shape[1]))
         n_pix = self.n_pix[rows].unsqueeze(1)
         n_obj = self.n_obj[rows].unsqueeze(1)
         uniform = (u * n_pix).long().clamp_max(n_pix - 1)
@@ -244,15 +246,29 @@ def _adam_step(params: list[torch.Tensor], grads: list[torch.Tensor], m: list[to
             p.addcdiv_(m_, (v_.sqrt() / bias2_sqrt).add_(ADAM_EPS), value=-lr / bias1)
 
 
+def step_seed(base: int, key: int, step: int) -> int:
+    """Seed of one scene's random draws at one step: depends on (base, scene key, step) only."""
+    return ((int(base) * _STEP_MIX + int(key)) * _STEP_MIX + int(step)) % (1 << 62)
+
+
 class NerfBatchFit:
-    """One phase of fitting B NeRFs to B scenes; resumable bit-for-bit from ``state()``."""
+    """One phase of fitting B NeRFs to B scenes; resumable bit-for-bit from ``state()``.
+
+    Each scene draws its rays and jitter from its own generator seeded by ``step_seed(render.seed, key, step)``
+    (``ray_keys``, default the batch positions), so its draws do not depend on which scenes share its batch.
+    """
 
     def __init__(self, spec: NerfSpec, scenes: Sequence[Any], phase: PhaseSettings, render: RenderSettings,
-                 init: Mapping[str, torch.Tensor], device: torch.device | str = "cpu"):
+                 init: Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
+                 ray_keys: Sequence[int] | None = None):
         self.spec, self.settings, self.render = spec, phase, render
         self.device = torch.device(device)
         self.data = SceneData(scenes, render, self.device)
         self.n_items = len(scenes)
+        self.ray_keys = [int(k) for k in (ray_keys if ray_keys is not None else range(self.n_items))]
+        if len(self.ray_keys) != self.n_items:
+            raise ValueError(f"{len(self.ray_keys)} ray keys for {self.n_items} scenes")
+        self.generator = torch.Generator(device=self.device)
         self.names = spec.param_names()
         init = model.batch_params(init, spec)
         for name, shape in spec.param_shapes().items():
@@ -322,15 +338,22 @@ class NerfBatchFit:
         mse = (pred.clamp(0.0, 1.0) - gt).pow(2).mean(dim=(2, 3, 4))               # [A, Ve]
         return (-10.0 * torch.log10(mse.clamp_min(1e-12))).mean(dim=1).double().cpu()
 
+    def _draws(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-scene uniform draws of this step: ray choice ``[A, R]`` (float64) and depth jitter ``[A, R, S]``."""
+        n_rays, n_samples = self.render.rays_per_batch, self.render.samples_per_ray
+        rays, jitter = [], []
+        for row in self.rows.tolist():
+            self.generator.manual_seed(step_seed(self.render.seed, self.ray_keys[row], self.step))
+            rays.append(torch.rand(n_rays, device=self.device, dtype=torch.float64, generator=self.generator))
+            jitter.append(torch.rand(n_rays, n_samples, device=self.device, generator=self.generator))
+        return torch.stack(rays), torch.stack(jitter)
+
     def _train_step(self) -> None:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.render.seed * _STEP_MIX + self.step)
-        rows_dev = self.rows.to(self.device)
-        rays_o, rays_d, target = self.data.sample_rays(rows_dev, self.render.rays_per_batch,
-                                                       self.render.object_ray_fraction, gen)
+        u, jitter = self._draws()
+        rays_o, rays_d, target = self.data.sample_rays(self.rows.to(self.device), u, self.render.object_ray_fraction)
         theta = [p.detach().requires_grad_(True) for p in self.theta]
         out = render_rays(self._params(theta), self.spec, rays_o, rays_d, self.render.near, self.render.far,
-                          self.render.samples_per_ray, perturb=True, generator=gen)
+                          self.render.samples_per_ray, perturb=True, jitter=jitter)
         loss = (out["rgb"] - target).pow(2).mean(dim=(1, 2)).sum()
         grads = torch.autograd.grad(loss, theta)
         self.theta = [p.detach() for p in theta]
@@ -440,11 +463,11 @@ def fit_scenes(scenes: Sequence[Any], spec: NerfSpec, phase: PhaseSettings, rend
                device: torch.device | str = "cpu", resume_state: Mapping[str, Any] | None = None,
                should_stop: Callable[[], bool] | None = None,
                on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-               progress: ProgressFn | None = None) -> NerfFitResult:
+               progress: ProgressFn | None = None, ray_keys: Sequence[int] | None = None) -> NerfFitResult:
     """Fit one phase for B scenes (``izoo.datasets`` ``Scene`` objects) from ``init`` (or inits from ``seeds``)."""
     if init is None:
         init = model.init_params(spec, seeds if seeds is not None else [42] * len(scenes))
-    fitter = NerfBatchFit(spec, scenes, phase, render, init, device=device)
+    fitter = NerfBatchFit(spec, scenes, phase, render, init, device=device, ray_keys=ray_keys)
     if resume_state is not None:
         fitter.load_state(resume_state)
     return fitter.run(should_stop=should_stop, on_checkpoint=on_checkpoint, progress=progress)

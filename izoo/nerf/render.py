@@ -44,8 +44,12 @@ def pixel_rays(pixels_ij: torch.Tensor, focal: torch.Tensor | float, height: int
 
 
 def sample_depths(n_rays_shape: tuple[int, ...], near: float, far: float, n_samples: int, perturb: bool,
-                  device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Stratified depths ``[..., n_samples]``: evenly spaced in [near, far], jittered uniformly within bins if ``perturb``."""
+                  device: torch.device | str, generator: torch.Generator | None = None,
+                  jitter: torch.Tensor | None = None) -> torch.Tensor:
+    """Stratified depths ``[..., n_samples]``: evenly spaced in [near, far], jittered uniformly within bins if ``perturb``.
+
+    ``jitter`` (uniform [0, 1) values of the output's shape) replaces the draw from ``generator`` when given.
+    """
     t = torch.linspace(0.0, 1.0, n_samples, device=device)
     z = (near * (1.0 - t) + far * t).expand(*n_rays_shape, n_samples)
     if not perturb:
@@ -53,7 +57,7 @@ def sample_depths(n_rays_shape: tuple[int, ...], near: float, far: float, n_samp
     mids = 0.5 * (z[..., 1:] + z[..., :-1])
     upper = torch.cat([mids, z[..., -1:]], dim=-1)
     lower = torch.cat([z[..., :1], mids], dim=-1)
-    u = torch.rand(z.shape, device=device, generator=generator)
+    u = jitter if jitter is not None else torch.rand(z.shape, device=device, generator=generator)
     return lower + (upper - lower) * u
 
 
@@ -79,10 +83,10 @@ FieldFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tenso
 
 def render_field(field: FieldFn, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float = 2.0, far: float = 6.0,
                  n_samples: int = 64, perturb: bool = False, white_bkgd: bool = True,
-                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                 generator: torch.Generator | None = None, jitter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Render rays ``[B, R, 3]`` through any radiance field ``field(xyz [B,P,3], dirs [B,P,3]) -> (rgb, sigma)``."""
     batch, n_rays = rays_o.shape[:2]
-    z = sample_depths((batch, n_rays), near, far, n_samples, perturb, rays_o.device, generator)
+    z = sample_depths((batch, n_rays), near, far, n_samples, perturb, rays_o.device, generator, jitter)
     pts = rays_o.unsqueeze(-2) + rays_d.unsqueeze(-2) * z.unsqueeze(-1)  # [B, R, S, 3]
     dirs = rays_d.unsqueeze(-2).expand_as(pts)
     rgb, sigma = field(pts.reshape(batch, -1, 3), dirs.reshape(batch, -1, 3))
@@ -92,10 +96,11 @@ def render_field(field: FieldFn, rays_o: torch.Tensor, rays_d: torch.Tensor, nea
 
 def render_rays(params: Mapping[str, torch.Tensor], spec: NerfSpec, rays_o: torch.Tensor, rays_d: torch.Tensor,
                 near: float = 2.0, far: float = 6.0, n_samples: int = 64, perturb: bool = False,
-                white_bkgd: bool = True, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                white_bkgd: bool = True, generator: torch.Generator | None = None,
+                jitter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Render rays ``[B, R, 3]`` of B NeRFs → ``rgb [B, R, 3]``, ``depth``, ``acc [B, R]``, ``weights [B, R, S]``."""
     return render_field(lambda xyz, dirs: query(params, xyz, dirs, spec), rays_o, rays_d, near, far, n_samples,
-                        perturb, white_bkgd, generator)
+                        perturb, white_bkgd, generator, jitter)
 
 
 def render_views(params: Mapping[str, torch.Tensor], spec: NerfSpec, poses: torch.Tensor, height: int, width: int,
