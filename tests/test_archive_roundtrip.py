@@ -127,5 +127,29 @@ def test_nerf_files_merge_generically_and_render(tmp_path):
     assert images.shape == (2, 3, 4, 4) and torch.isfinite(images).all()
     from izoo.archive.verify import verify_archive
 
+    virtual = izoo.archive.open(merge_split(table, "train", [tmp_path / "train-00000.h5", tmp_path / "train-00001.h5"],
+                                            tmp_path / "train-virtual.h5", virtual=True).path)
+    assert virtual.extras("class_name").tolist() == [b"chair"] * 3
+    torch.testing.assert_close(virtual.params_batch([0, 1, 2])[5], arch.params_batch([0, 1, 2])[5])
     report = verify_archive(out, manifest=table, sample=2)
     assert report.ok and any("render check skipped" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int64])
+def test_parallel_chunk_writer_encodes_like_hdf5(tmp_path, dtype):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import h5py
+
+    from izoo.archive import layout
+    from izoo.archive.merge import write_rows_compressed
+
+    data = (np.random.default_rng(0).normal(0, 50, (10, 3, 5))).astype(dtype)
+    with ThreadPoolExecutor(2) as pool, h5py.File(tmp_path / "c.h5", "w") as h5:
+        ds = h5.create_dataset("x", shape=data.shape, dtype=dtype, chunks=(4, 3, 5), **layout.CODEC)
+        write_rows_compressed(ds, 0, data[:8], pool)   # two whole chunks
+        write_rows_compressed(ds, 8, data[8:], pool)   # the padded edge chunk
+        plain = h5.create_dataset("y", data=data, chunks=(4, 3, 5), **layout.CODEC)
+        np.testing.assert_array_equal(ds[:], data)
+        np.testing.assert_array_equal(ds[3:9], plain[3:9])
+        assert ds.id.read_direct_chunk((4, 0, 0))[1] == plain.id.read_direct_chunk((4, 0, 0))[1]

@@ -5,7 +5,8 @@ path                   shape / dtype               meaning
 =====================  ==========================  =====================================================
 ``/params/<name>``     ``[N, ...]`` float32        one dataset per layer tensor (``layer0.weight`` ``[N, out, in]``,
                                                    ``layer0.bias`` ``[N, out]``, ...), stacked over items,
-                                                   chunked along items, gzip level 4 + shuffle
+                                                   chunked along items (~256 KB chunks),
+                                                   gzip level 1 + shuffle
 ``/items/index``       ``[N]`` int64               row in the dataset manifest (archive order = manifest order)
 ``/items/item_id``     ``[N]`` utf-8 str           stable item id
 ``/items/source_id``   ``[N]`` utf-8 str           where the item came from (file path, ``file#row``)
@@ -43,8 +44,12 @@ from izoo.errors import IzooError
 
 FORMAT = "izoo-inr"
 FORMAT_VERSION = 1
-CODEC = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-CODEC_NAME = "gzip level 4 + shuffle filter"
+#: gzip ships with every HDF5 build (readable without plugins); level 1 compresses float weights as well as
+#: level 4 (ratio ~0.85 with the byte-shuffle filter) at ~1.5x the write speed, which bounds the merge
+CODEC = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+CODEC_NAME = "gzip level 1 + shuffle filter"
+#: bytes per chunk of a per-item dataset: small enough that reading one random item decompresses little
+CHUNK_BYTES = 256 << 10
 
 #: per-item columns and their numpy dtypes; string columns are stored as utf-8 variable-length strings
 ITEM_COLUMNS: dict[str, Any] = {
@@ -76,7 +81,7 @@ class InrFile:
         return len(self.items)
 
 
-def chunk_items(per_item_bytes: int, n_items: int, target_bytes: int = 1 << 20) -> int:
+def chunk_items(per_item_bytes: int, n_items: int, target_bytes: int = CHUNK_BYTES) -> int:
     """Items per HDF5 chunk: about ``target_bytes`` per chunk, at least 1, at most ``n_items``."""
     return int(max(1, min(max(n_items, 1), target_bytes // max(per_item_bytes, 1))))
 

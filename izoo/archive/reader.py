@@ -45,6 +45,9 @@ from izoo.archive.merge import read_rows
 from izoo.errors import IzooError
 from izoo.models import siren
 
+#: per open dataset: HDF5 keeps decompressed chunks, so neighbouring items and batches share one decompression
+CHUNK_CACHE_BYTES = 32 << 20
+CHUNK_CACHE_SLOTS = 10007
 Renderer = Callable[["InrArchive", np.ndarray, int, int], torch.Tensor]
 RENDERERS: dict[str, Renderer] = {}
 
@@ -165,15 +168,24 @@ class InrArchive(Dataset):
     def _file(self) -> h5py.File:
         """The open file of this process (h5py handles must not cross a fork)."""
         if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r", rdcc_nbytes=64 << 20)
+            self._h5 = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
             self._pid = os.getpid()
+            self._datasets = {}
         return self._h5
+
+    def _dataset(self, key: str) -> h5py.Dataset:
+        """Open datasets are kept: HDF5's chunk cache lives as long as the dataset handle, not the file."""
+        h5 = self._file()
+        if key not in self._datasets:
+            self._datasets[key] = h5[key]
+        return self._datasets[key]
 
     def close(self) -> None:
         """Close the file (it reopens on the next read)."""
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
         self._h5 = None
+        self._datasets = {}
 
     def __enter__(self) -> "InrArchive":
         return self
@@ -184,6 +196,7 @@ class InrArchive(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_h5"] = None
+        state["_datasets"] = {}
         return state
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -193,7 +206,7 @@ class InrArchive(Dataset):
     def _read(self, key: str, rows: slice | np.ndarray) -> np.ndarray:
         if self._memory is not None and key in self._memory:
             return self._memory[key][rows]
-        ds = self._file()[key]
+        ds = self._dataset(key)
         return ds[rows] if isinstance(rows, slice) else read_rows(ds, rows)
 
     def _rows(self, indices: Sequence[int] | np.ndarray | slice | torch.Tensor) -> slice | np.ndarray:
