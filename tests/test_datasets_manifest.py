@@ -140,7 +140,7 @@ def test_cifar_truncated_pickle(cifar: Path, tmp_path: Path) -> None:
     batch = cifar / "data_batch_2"
     batch.write_bytes(batch.read_bytes()[:5000])
     with pytest.raises(BadItemError, match="corrupt or truncated pickle") as err:
-        build_manifest("c", {"format": "cifar10", "root": str(cifar)}, 8, tmp_path / "out")
+        build_manifest("c", {"format": "cifar10", "root": str(cifar.parent)}, 8, tmp_path / "out")
     assert str(batch) in str(err.value)
     assert not (tmp_path / "out" / "manifest.csv").exists()  # never a half-written manifest
     info = build_manifest("c", {"format": "cifar10", "root": str(cifar), "on_bad_item": "skip"}, 8, tmp_path / "out")

@@ -188,9 +188,13 @@ class SourceDataset(abc.ABC):
         sample = self._load(ref)
         if sample.label != ref.label:
             raise IzooError(f"item {ref.item_id} has label {sample.label} on disk but {ref.label} in the manifest",
-                            self.root / ref.source_id.split("#")[0],
+                            self.item_path(ref.source_id),
                             "the source changed since the manifest was built: rebuild the manifest")
         return sample
+
+    def item_path(self, source_id: str) -> Path:
+        """The file (or folder) an item's ``source_id`` points at, for error messages."""
+        return self.root / source_id.split("#")[0]
 
     # ---- for subclasses ---------------------------------------------------------------------------------
 
@@ -228,7 +232,7 @@ class SourceDataset(abc.ABC):
             for entry in self._list(split):
                 if isinstance(entry, BadItem):
                     if self.on_bad_item == "error":
-                        raise BadItemError(entry.error, self.root / entry.source_id.split("#")[0],
+                        raise BadItemError(entry.error, self.item_path(entry.source_id),
                                            "replace or remove it, or set source.on_bad_item: skip")
                     log.warning("skipping bad item %s: %s", entry.source_id, entry.error)
                     bad.append(entry)

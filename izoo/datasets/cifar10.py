@@ -168,6 +168,10 @@ class Cifar10Source(SourceDataset):
             raise IzooError("batches.meta lists no label_names", path, "re-extract cifar-10-python.tar.gz")
         return names
 
+    def item_path(self, source_id: str) -> Path:
+        """The batch file of ``data_batch_K#row``."""
+        return self.dir / source_id.split("#")[0]
+
     def classes(self) -> dict[int, str]:
         """Label → class name from ``batches.meta``."""
         return dict(enumerate(self._names))
