@@ -12,8 +12,13 @@ def _verify_main(args: argparse.Namespace) -> int:
     """``izoo verify``: print what was checked, then one line per problem; exit 1 when there is any."""
     from izoo.archive.verify import verify_archive
 
+    source_cfg = None
+    if args.dataset_config:
+        from izoo.fitting.commands import parse_dataset_config  # the workflow's one convention for --dataset-config
+
+        source_cfg = parse_dataset_config(args.dataset_config).get("source")
     report = verify_archive(args.archive, manifest=args.manifest, sample=args.sample, tolerance=args.tolerance,
-                            seed=args.seed, device=args.device)
+                            seed=args.seed, source_cfg=source_cfg, device=args.device)
     for note in report.notes:
         print(f"{args.archive}: {note}")
     for problem in report.problems:
@@ -49,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify = subparsers.add_parser("verify", help="check an archive (structure, counts, NaN/Inf, re-rendered PSNR)")
     verify.add_argument("archive", type=Path)
     verify.add_argument("--manifest", type=Path, default=None, help="compare counts/ids/labels with this manifest")
+    verify.add_argument("--dataset-config", default=None,
+                        help="the dataset's config entry as JSON (or @file.json): its source: section lets verify "
+                             "re-render sampled items against their source images")
     verify.add_argument("--sample", type=int, default=16, help="items to re-render (0: none)")
     verify.add_argument("--tolerance", type=float, default=0.1, help="allowed |stored - re-rendered| PSNR in dB")
     verify.add_argument("--seed", type=int, default=0, help="seed of the item sample")

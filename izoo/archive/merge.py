@@ -39,7 +39,8 @@ from izoo.errors import IzooError
 log = logging.getLogger(__name__)
 
 #: attributes that describe one shard or job file, not the merged archive
-PER_FILE_ATTRS = ("shard", "job", "phase", "created", "n_items", "merged_from", "virtual", "phase_counts")
+PER_FILE_ATTRS = ("shard", "job", "phase", "created", "n_items", "merged_from", "virtual", "phase_counts",
+                  "phase_report", "work_fingerprint", "split")
 #: source files kept open at once (ImageNet has ~1,500 shard files; the open-file limit is often 1,024)
 OPEN_FILES = 64
 #: HDF5 chunk cache per open source file: refined rows of adjacent blocks often share a compressed chunk

@@ -223,11 +223,10 @@ def _render_size(attrs: Mapping[str, Any]) -> tuple[int, int]:
     return DEFAULT_RENDER_SIZE
 
 
-def _source_images_from_attrs(attrs: Mapping[str, Any]) -> tuple[SourceImages | None, str]:
-    """A source-image reader built from the archive's ``source`` attribute, or None and why not."""
-    source_cfg = attrs.get("source")
-    if not isinstance(source_cfg, dict):
-        return None, "the archive has no 'source' attribute"
+def source_images_from_config(source_cfg: Mapping[str, Any] | None) -> tuple[SourceImages | None, str]:
+    """A source-image reader for a dataset's ``source:`` config section, or None and why not."""
+    if not isinstance(source_cfg, Mapping):
+        return None, "no source config (pass --dataset-config, or an archive with a 'source' attribute)"
     try:
         from izoo.datasets.registry import open_source
     except ImportError as exc:
@@ -296,8 +295,9 @@ def _check_renders(archive: InrArchive, manifest: pd.DataFrame | None, sample: i
 
 def verify_archive(path: str | Path, manifest: str | Path | pd.DataFrame | None = None, sample: int = 16,
                    tolerance: float = 0.1, seed: int = 0, source_images: SourceImages | None = None,
-                   device: torch.device | str = "cpu") -> VerifyReport:
-    """Every check of ``izoo verify``; ``source_images`` overrides the reader built from the ``source`` attribute."""
+                   source_cfg: Mapping[str, Any] | None = None, device: torch.device | str = "cpu") -> VerifyReport:
+    """Every check of ``izoo verify``; source images come from ``source_images``, else ``source_cfg``, else the
+    archive's ``source`` attribute (PSNR re-check only with a manifest, which maps items to source files)."""
     path = Path(path)
     report = VerifyReport(path)
     table = None
@@ -311,7 +311,8 @@ def verify_archive(path: str | Path, manifest: str | Path | pd.DataFrame | None 
         report.notes.append(f"{len(archive)} items: structure, manifest counts, NaN/Inf weights and gate flags "
                             f"checked{'' if table is not None else ' (no manifest given)'}")
         if source_images is None and table is not None:
-            source_images, why = _source_images_from_attrs(archive.attrs)
+            source_images, why = source_images_from_config(source_cfg if source_cfg is not None
+                                                           else archive.attrs.get("source"))
             if source_images is None:
                 report.notes.append(f"no source images ({why})")
         _check_renders(archive, table, sample, tolerance, seed, source_images if table is not None else None, report)
