@@ -53,9 +53,13 @@ def filter_scenes(report_df: pd.DataFrame, gate: float = 25.0, min_per_class: in
 
     dropped = df[below | small].copy()
     dropped["reason_code"] = [REASON_BELOW_GATE if below[i] else REASON_SMALL_CLASS for i in dropped.index]
+    def class_text(i: int) -> str:
+        name = df.at[i, "class_name"] if "class_name" in df.columns and class_column != "class_name" else None
+        return f"class {df.at[i, class_column]}" + (f" ({name})" if name is not None else "")
+
     dropped["reason"] = [
         f"PSNR {psnr[i]:.2f} dB is below the {gate:g} dB gate" if below[i]
-        else (f"class {df.at[i, class_column]} keeps only {int(class_sizes.get(df.at[i, class_column], 0))} "
+        else (f"{class_text(i)} keeps only {int(class_sizes.get(df.at[i, class_column], 0))} "
               f"scene(s) at or above {gate:g} dB, fewer than {min_per_class}")
         for i in dropped.index]
     kept = df[~(below | small)].copy()
