@@ -99,6 +99,19 @@ def test_imagenet_reader_resizes_and_center_crops(imagenet_root: Path) -> None:
         assert torch.allclose(sample.image, reference(img.convert("RGB")), atol=1e-6)
 
 
+def test_imagenet_quirks_png_named_jpeg_and_cmyk(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    _save(tmp_path / "train" / "n02105855" / "n02105855_2933.JPEG", _noise(rng, 20, 30), format="PNG")
+    cmyk = Image.fromarray(_noise(rng, 20, 30, 4), mode="CMYK")
+    (tmp_path / "train" / "n02105855").mkdir(parents=True, exist_ok=True)
+    cmyk.save(tmp_path / "train" / "n02105855" / "n02105855_0001.JPEG", format="JPEG")
+    source = open_source({"format": "imagenet", "root": str(tmp_path), "splits": ["train"], "resize": 16,
+                          "crop": 16})
+    refs, bad = source.scan("train")
+    assert len(refs) == 2 and bad == []
+    assert all(source.load(ref).image.shape == (3, 16, 16) for ref in refs)
+
+
 def test_imagenet_class_subset(imagenet_root: Path) -> None:
     source = open_source({"format": "imagenet", "root": str(imagenet_root), "class_list": "imagenet100.txt",
                           "resize": 20, "crop": 16})
@@ -180,6 +193,10 @@ def test_folder_reader(tmp_path: Path) -> None:
         assert torch.allclose(sample.image, torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255, atol=1e-7)
     resized = open_source({"format": "folder", "root": str(tmp_path), "size": [6, 5]})
     assert resized.load(train[0]).image.shape == (3, 6, 5)
+    transparent = np.zeros((12, 10, 4), dtype=np.uint8)
+    transparent[..., 0] = 200  # red, but fully transparent
+    _save(tmp_path / "train" / "dog" / "img1.png", transparent)
+    assert torch.equal(source.load(train[4]).image, torch.ones(3, 12, 10))  # composited on white
 
 
 def test_load_accepts_manifest_rows(cifar_root: Path) -> None:

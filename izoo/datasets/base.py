@@ -257,13 +257,17 @@ class SourceDataset(abc.ABC):
 _TAIL_BYTES = 4096
 
 
-def _has_end_marker(path: Path, suffix: str) -> bool | None:
-    """Whether a PNG/JPEG file ends with its end-of-image marker; None for other formats.
+#: end-of-image marker of the formats that have one, by PIL format name
+_END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9", "MPO": b"\xff\xd9"}
+
+
+def _has_end_marker(path: Path, image_format: str | None) -> bool | None:
+    """Whether a PNG/JPEG file holds its end-of-image marker near its end; None for other formats.
 
     PIL's ``Image.open`` reads only the header, and finding a truncated file otherwise takes a full decode
     (~10 ms per ImageNet JPEG, hours over 1.4 M files), so the end marker is checked by hand instead.
     """
-    marker = {".png": b"IEND", ".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9"}.get(suffix)
+    marker = _END_MARKERS.get(image_format or "")
     if marker is None:
         return None
     with open(path, "rb") as fh:
@@ -273,44 +277,46 @@ def _has_end_marker(path: Path, suffix: str) -> bool | None:
         return marker in fh.read()
 
 
-def check_image_file(path: Path, full: bool, expected_size: tuple[int, int] | None = None,
-                     bad: Callable[[Path, str], BadItemError] | None = None) -> tuple[int, int]:
+def _bad_file(path: Path, what: str) -> BadItemError:
+    return BadItemError(what, path, "replace or remove the file, or set source.on_bad_item: skip")
+
+
+def check_image_file(path: Path, full: bool) -> tuple[int, int]:
     """Check an image file cheaply (header, end marker) or fully (decode); return its (width, height)."""
-    make = bad or (lambda p, what: BadItemError(what, p, "replace or remove the file, or set source.on_bad_item: skip"))
     if not path.is_file():
-        raise make(path, "file is missing")
+        raise _bad_file(path, "file is missing")
     try:
         with Image.open(path) as img:
-            size = img.size
+            size, image_format = img.size, img.format
             if full:
                 img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise make(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+        raise _bad_file(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
     if not full:
-        suffix = path.suffix.lower()
-        ends = _has_end_marker(path, suffix)
+        # by the format found in the header, not the suffix: ImageNet has PNG files named .JPEG
+        ends = _has_end_marker(path, image_format)
         if ends is False:
-            raise make(path, "truncated image (no end-of-image marker)")
+            raise _bad_file(path, f"truncated image (no {image_format} end-of-image marker)")
         if ends is None:
             # formats without an end marker get a full decode: they are rare in image datasets
-            return check_image_file(path, True, expected_size, bad)
-    if expected_size is not None and tuple(size) != tuple(expected_size):
-        raise make(path, f"image of unexpected size {size[0]}x{size[1]} (WxH), expected "
-                         f"{expected_size[0]}x{expected_size[1]}")
+            return check_image_file(path, True)
     return size
 
 
-def open_image(path: Path, mode: str, bad: Callable[[Path, str], BadItemError] | None = None) -> Image.Image:
+def open_image(path: Path, mode: str) -> Image.Image:
     """Decode an image file fully into PIL ``mode``; a corrupt or truncated file raises ``BadItemError``."""
-    make = bad or (lambda p, what: BadItemError(what, p, "replace or remove the file, or set source.on_bad_item: skip"))
     if not path.is_file():
-        raise make(path, "file is missing")
+        raise _bad_file(path, "file is missing")
     try:
         with Image.open(path) as img:
             img.load()
+            if mode == "RGB" and ("A" in img.getbands() or "transparency" in img.info):
+                # transparent pixels hold arbitrary colours: put them on white, as the 3D scenes are
+                white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                return Image.alpha_composite(white, img.convert("RGBA")).convert("RGB")
             return img.convert(mode) if img.mode != mode else img.copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise make(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+        raise _bad_file(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
 
 
 def parse_size(value: Any, what: str) -> tuple[int, int] | None:
