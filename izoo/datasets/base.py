@@ -99,6 +99,8 @@ class SourceDataset(abc.ABC):
     """
 
     format: str = ""
+    #: the expected on-disk layout, in words, for error messages
+    layout: str = ""
     #: splits used when the config names none
     default_splits: tuple[str, ...] = ("train", "test")
     #: False where listing already checks every item (CIFAR's in-memory arrays): scan then skips ``_check``
@@ -246,7 +248,7 @@ class SourceDataset(abc.ABC):
                     break
             if not refs:
                 raise IzooError(f"split {split!r} is empty" + (f" (all {len(bad)} items bad)" if bad else ""),
-                                self.root, f"check source.root and that split {split!r} exists in the {self.format} layout")
+                                self.root, f"check source.root and source.splits; expected {self.layout}")
             self._listed[split] = (refs, bad)
         return self._listed[split]
 

@@ -143,6 +143,7 @@ class Cifar10Source(SourceDataset):
     """CIFAR-10 python version: item ``data_batch_K_RRRRR`` (batch file, row), 32x32 RGB images, labels 0..9."""
 
     format = "cifar10"
+    layout = EXPECTED
     default_splits = ("train", "test")
 
     def __init__(self, cfg: Mapping[str, Any]):

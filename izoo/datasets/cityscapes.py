@@ -57,6 +57,7 @@ class CityscapesSource(SourceDataset):
     """
 
     format = "cityscapes"
+    layout = EXPECTED
     default_splits = ("train", "val")
 
     def __init__(self, cfg: Mapping[str, Any]):

@@ -23,6 +23,7 @@ class FolderSource(SourceDataset):
     """
 
     format = "folder"
+    layout = EXPECTED
     default_splits = ("train", "test")
 
     def __init__(self, cfg: Mapping[str, Any]):

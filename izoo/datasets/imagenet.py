@@ -42,6 +42,7 @@ class ImageNetSource(SourceDataset):
     """ImageNet folders: item id = file stem, label = index of the wnid in sorted order; resize 256, crop 224."""
 
     format = "imagenet"
+    layout = EXPECTED
     default_splits = ("train", "val")
 
     def __init__(self, cfg: Mapping[str, Any]):

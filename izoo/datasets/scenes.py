@@ -47,6 +47,7 @@ class ScenesSource(SourceDataset):
     """Scenes composited on white, resized to ``size``; the first ``train_views`` views train, the rest are held out."""
 
     format = "scenes"
+    layout = EXPECTED
     default_splits = ("train",)
 
     def __init__(self, cfg: Mapping[str, Any]):
