@@ -2,8 +2,9 @@
 
 Why hand-written: plain autograd over ``[B, P, width]`` tensors reached only ~1.6× the one-at-a-time loop on
 CPU. This engine keeps activations feature-major (``[B, width, P]``, so every layer is one ``baddbmm`` with the
-weights in their stored ``[B, out, in]`` form), does the K=2 first layer element-wise, computes ``sin`` and
-``w0·cos`` together (optionally in one ``torch.compile`` kernel) and keeps the cosine for a hand-written backward,
+weights in their stored ``[B, out, in]`` form, ``w0`` folded into the GEMM's alpha/beta), does the K=2 first
+layer element-wise, computes ``sin`` and ``cos`` together (optionally in one ``torch.compile`` kernel) and keeps
+the cosine for a hand-written backward,
 and runs Adam as a handful of in-place ops over one flat ``[B, n_params]`` buffer (the update is bitwise the
 arithmetic of ``torch.optim.Adam``'s single-tensor path, so the images stay independent: Adam is element-wise).
 
@@ -88,28 +89,26 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 # --------------------------------------------------------------------------------------------- sin/cos kernels
 
-def _sincos_eager(z: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sin(w0 z)`` and ``w0 cos(w0 z)``; reuses ``z``'s storage for the cosine (z is a temporary)."""
-    z.mul_(w0)
-    s = torch.sin(z)
-    return s, z.cos_().mul_(w0)
+def _sincos_eager(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sin(z)`` and ``cos(z)`` of a scaled pre-activation; the cosine reuses ``z``'s storage (z is a temporary)."""
+    return torch.sin(z), z.cos_()
 
 
-def _sincos_math(z: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
-    a = z * w0
-    return torch.sin(a), torch.cos(a) * w0
+def _sincos_math(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.sin(z), torch.cos(z)
 
 
 def _first_math(w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
     a = (w[:, :, 0:1] * xs[0] + w[:, :, 1:2] * xs[1] + b.unsqueeze(-1)) * w0
-    return torch.sin(a), torch.cos(a) * w0
+    return torch.sin(a), torch.cos(a)
 
 
 def _first_eager(w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """First layer (K = 2 inputs) element-wise instead of a matmul, then the sine."""
-    z = torch.addcmul(b.unsqueeze(-1), w[:, :, 0:1], xs[0])
-    z.addcmul_(w[:, :, 1:2], xs[1])
-    return _sincos_eager(z, w0)
+    """First layer (K = 2 inputs) element-wise instead of a matmul; ``w0`` folded into the (tiny) weights."""
+    ws, bs = w * w0, b * w0
+    z = torch.addcmul(bs.unsqueeze(-1), ws[:, :, 0:1], xs[0])
+    z.addcmul_(ws[:, :, 1:2], xs[1])
+    return _sincos_eager(z)
 
 
 class _Kernels:
@@ -137,12 +136,12 @@ class _Kernels:
         return eager_fn(*args)
 
     def first(self, w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sine and scaled cosine of the first layer."""
+        """Sine and cosine of the first layer's scaled pre-activation."""
         return self._call("first", _first_math, _first_eager, w, b, xs, w0)
 
-    def sincos(self, z: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sine and scaled cosine of a hidden pre-activation."""
-        return self._call("sincos", _sincos_math, _sincos_eager, z, w0)
+    def sincos(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sine and cosine of a hidden layer's scaled pre-activation ``w0 (W h + b)``."""
+        return self._call("sincos", _sincos_math, _sincos_eager, z)
 
 
 def want_compile(mode: str | bool, work: float) -> bool:
@@ -256,8 +255,8 @@ class SirenBatchFit:
         s, c = self.kernels.first(views[0], views[1], self.xs, w0)
         sines, cosines = [s], [c]
         for layer in range(1, n_layers - 1):
-            z = torch.baddbmm(views[2 * layer + 1].unsqueeze(-1), views[2 * layer], s)
-            s, c = self.kernels.sincos(z, w0)
+            z = torch.baddbmm(views[2 * layer + 1].unsqueeze(-1), views[2 * layer], s, beta=w0, alpha=w0)
+            s, c = self.kernels.sincos(z)
             if keep:
                 sines.append(s)
                 cosines.append(c)
@@ -272,21 +271,28 @@ class SirenBatchFit:
         return (-10.0 * torch.log10(mse.clamp_min(1e-12))).double().cpu()
 
     def _gradient(self, out: torch.Tensor, tn: torch.Tensor, sines: list, cosines: list) -> torch.Tensor:
-        """Hand-written backward of the per-item mean squared error; returns ``[A, n]`` gradients."""
+        """Hand-written backward of the per-item mean squared error; returns ``[A, n]`` gradients.
+
+        ``dz`` holds ``cos(a) · dL/ds`` for hidden layers; the factor ``w0`` of ``d a / d z`` is applied to the
+        small weight gradients and, through the GEMM's ``alpha``, to the next ``dL/ds`` (no extra pass).
+        """
+        w0 = self.spec.w0
         grad = torch.empty_like(self.theta)
         gviews = self.layout.views(grad)
         views = self.layout.views(self.theta)
         n_layers = len(views) // 2
-        dz = (out - tn).mul_(2.0 / (out.shape[1] * out.shape[2]))       # d loss / d out
+        zero = torch.zeros((), device=out.device, dtype=out.dtype).expand(1, 1, 1)
+        dz = (out - tn).mul_(2.0 / (out.shape[1] * out.shape[2]))       # d loss / d out (linear head)
+        scale = 1.0
         for layer in range(n_layers - 1, 0, -1):
-            h_in = sines[layer - 1]
-            gviews[2 * layer].copy_(torch.bmm(dz, h_in.transpose(1, 2)))
-            gviews[2 * layer + 1].copy_(dz.sum(dim=-1))
-            dh = torch.bmm(views[2 * layer].transpose(1, 2), dz)
+            gviews[2 * layer].copy_(torch.bmm(dz, sines[layer - 1].transpose(1, 2)).mul_(scale))
+            gviews[2 * layer + 1].copy_(dz.sum(dim=-1).mul_(scale))
+            dh = torch.baddbmm(zero, views[2 * layer].transpose(1, 2), dz, beta=0.0, alpha=scale)
             dz = cosines[layer - 1].mul_(dh)                              # reuses the cosine's storage
             del dh
-        gviews[0].copy_(torch.matmul(dz, self.xs.t()))
-        gviews[1].copy_(dz.sum(dim=-1))
+            scale = w0
+        gviews[0].copy_(torch.matmul(dz, self.xs.t()).mul_(w0))
+        gviews[1].copy_(dz.sum(dim=-1).mul_(w0))
         return grad
 
     def _adam(self, grad: torch.Tensor, lr: float) -> None:

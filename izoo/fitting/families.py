@@ -211,6 +211,7 @@ class SirenFamily:
                 checkpoint.save({"chunk_size": self.chunk_size, "done": done,
                                  "inflight": {"positions": torch.as_tensor(_pos), "engine": engine_state}})
 
+            oom = None
             try:
                 res = engine.fit_images(torch.stack([images[i] for i in positions]), self.spec, settings,
                                         init=[torch.from_numpy(p[sel.numpy()]) for p in flat_init], device=device,
@@ -220,9 +221,11 @@ class SirenFamily:
             except Exception as exc:
                 if not engine.is_out_of_memory(exc):
                     raise
+                oom = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if oom is not None:  # outside the except block, so the failed attempt's tensors are freed first
                 if len(positions) <= 1:
-                    raise IzooError(f"one item does not fit in {device} memory ({exc})".splitlines()[0], None,
-                                    "use a GPU with more memory or a smaller model") from exc
+                    raise IzooError(f"one item does not fit in {device} memory ({oom})", None,
+                                    "use a device with more memory or a smaller model")
                 self.chunk_size = max(1, len(positions) // 2)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
