@@ -132,6 +132,10 @@ class ScenesSource(SourceDataset):
                 if not 0 < frame_angle < math.pi:
                     raise self.bad(json_path, f"frame {k}: camera_angle_x {frame_angle} is not in (0, pi)")
                 views.append(View(self._image_path(json_path.parent, file_path), pose, frame_angle))
+        angles = {round(v.camera_angle_x, 9) for v in views}
+        if len(angles) > 1:
+            raise self.bad(files[0].parent, f"views disagree on camera_angle_x ({sorted(angles)}); izoo needs one "
+                                            "focal length per scene")
         if len(views) <= self.train_views:
             raise self.bad(files[0].parent, f"scene has {len(views)} views; needs more than train_views="
                                             f"{self.train_views} so some are held out", "lower source.train_views")
@@ -177,9 +181,6 @@ class ScenesSource(SourceDataset):
         if (stack.shape[-2], stack.shape[-1]) != (height, width):
             stack = TF.resize(stack, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
         stack = stack.clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()
-        angles = {round(v.camera_angle_x, 9) for v in views}
-        if len(angles) != 1:
-            raise self.bad(self.root / ref.source_id, f"views disagree on camera_angle_x ({sorted(angles)})")
         source_width = first[0]
         focal = 0.5 * source_width / math.tan(0.5 * views[0].camera_angle_x) * (width / source_width)
         poses = torch.from_numpy(np.stack([v.pose for v in views]).astype(np.float32))
