@@ -130,6 +130,7 @@ def test_refinement_job_continues_from_init_and_sums_iterations(tmp_path):
     np.testing.assert_array_equal(written.items["iterations"], basic_rows["iterations"].to_numpy() + report["iterations"])
     assert (written.items["phase"] == "extended").all() and written.attrs["phase"] == "extended"
     np.testing.assert_array_equal(written.extras["label_map"][:, 0, 0], [3, 4])
+    assert set(written.extras) == {"label_map"}  # the work dir's per-batch report stays out of the output
 
     # the next plan reads the extended reports; passing items would be left out
     report.loc[0, "passed"] = True

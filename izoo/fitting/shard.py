@@ -4,7 +4,8 @@ Work directory layout (never declared to Snakemake):
 
 * ``batch-00000.h5`` … one INR file per finished batch (``izoo.archive.layout``), written atomically, carrying
   a ``work_fingerprint`` attribute (model, seed, fit settings, phase, item indices and init files) and the
-  batch's phase report (``phase_report`` attribute);
+  batch's phase report as extras ``phase_report.{psnr_before,iterations,seconds}`` (datasets, not attributes:
+  HDF5 attributes are limited to 64 KiB); they are left out of the job's weights file;
 * ``batch-00000.ckpt`` the in-flight batch's state every ``checkpoint_every`` steps and on a stop request.
 
 A restarted job reuses a batch file only after it reads back with the right fingerprint, items and finite
@@ -40,6 +41,7 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the job saved its progress and should be r
 REPORT_COLUMNS = ["index", "item_id", "split", "label", "shard", "phase", "psnr_before", "psnr_after",
                   "iterations", "seconds", "passed"]
 MANIFEST_COLUMNS = ["index", "split", "item_id", "label", "source_id", "shard"]
+PHASE_REPORT = "phase_report."   # prefix of the per-batch report extras (work dir only)
 
 
 class StopControl:
@@ -177,7 +179,7 @@ def _verify_batch(path: Path, fp: str, batch: pd.DataFrame, shapes: Mapping[str,
             return None, f"params/{name} is missing or has the wrong shape"
     if not finite_params(inr.params):
         return None, "it holds non-finite weights"
-    if not isinstance(inr.attrs.get("phase_report"), dict):
+    if any(f"{PHASE_REPORT}{k}" not in inr.extras for k in ("psnr_before", "iterations", "seconds")):
         return None, "its phase report is missing"
     return inr, ""
 
@@ -254,10 +256,10 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
             "iterations": prev_iters + res.iterations, "seconds": prev_secs + res.seconds, "passed": res.passed})
         attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, batch)
         attrs["work_fingerprint"] = fp
-        attrs["phase_report"] = {"psnr_before": res.psnr_before.astype(float).tolist(),
-                                 "iterations": res.iterations.astype(int).tolist(),
-                                 "seconds": res.seconds.astype(float).tolist()}
-        layout.write_inr_file(path, res.params, table, attrs, family.extras(samples))
+        extras = {**family.extras(samples), f"{PHASE_REPORT}psnr_before": res.psnr_before.astype(np.float32),
+                  f"{PHASE_REPORT}iterations": res.iterations.astype(np.int64),
+                  f"{PHASE_REPORT}seconds": res.seconds.astype(np.float64)}
+        layout.write_inr_file(path, res.params, table, attrs, extras)
         ckpt.clear()
         emit(f"{label} fitted (items {first}-{last})")
         batch_files.append(layout.read_inr_file(path))
@@ -286,9 +288,9 @@ def _assemble(items: pd.DataFrame, batch_files: list[layout.InrFile], family: An
         table = pd.concat([b.items for b in batch_files], ignore_index=True)
         extra_names = sorted(set().union(*[set(b.extras) for b in batch_files]))
         extras = {name: np.concatenate([b.extras[name] for b in batch_files]) for name in extra_names}
-        before = np.concatenate([np.asarray(b.attrs["phase_report"]["psnr_before"], dtype=np.float64) for b in batch_files])
-        iters = np.concatenate([np.asarray(b.attrs["phase_report"]["iterations"], dtype=np.int64) for b in batch_files])
-        secs = np.concatenate([np.asarray(b.attrs["phase_report"]["seconds"], dtype=np.float64) for b in batch_files])
+        before = extras.pop(f"{PHASE_REPORT}psnr_before").astype(np.float64)
+        iters = extras.pop(f"{PHASE_REPORT}iterations").astype(np.int64)
+        secs = extras.pop(f"{PHASE_REPORT}seconds").astype(np.float64)
     else:
         params = {name: np.zeros((0, *shape), dtype=np.float32) for name, shape in shapes.items()}
         table = pd.DataFrame({c: pd.Series(dtype=object if t is str else t) for c, t in layout.ITEM_COLUMNS.items()})
