@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import izoo.archive
 from izoo.archive import commands
 from izoo.archive.merge import merge_split
 from izoo.archive.verify import verify_archive
+from izoo.errors import IzooError
 from test_archive_fixtures import build_toy, merge_args
 
 
@@ -131,6 +133,8 @@ def test_truncated_or_virtual_without_sources(toy, archive, tmp_path):
     (folder / "fit" / "basic" / "train-00001.h5").unlink()
     report = verify_archive(virtual, sample=0)
     assert any("maps onto missing file" in p and "train-00001.h5" in p for p in report.problems)
+    with pytest.raises(IzooError, match="train-00001.h5"):
+        izoo.archive.open(virtual)
 
 
 def build_toy_from(folder, toy):

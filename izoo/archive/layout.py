@@ -24,8 +24,8 @@ Root attributes (JSON strings where structured): ``format`` = ``izoo-inr``, ``fo
 ``model_family`` (``siren``/``nerf``), ``architecture`` (JSON: spec + ``layer_shapes``), ``normalisation``,
 ``fitting`` (JSON settings), ``gate_psnr``, ``izoo_version``, ``created``, ``coordinate_convention``,
 ``seed_mode``, ``dataset``, ``split``, ``codec``. Merged archives add ``n_items``, ``phase_counts``,
-``fitting_by_phase`` (each phase's settings), ``virtual`` and ``merged_from`` (source files, relative to the
-archive) and drop the per-file ``shard``/``job``/``phase``/``phase_report``/``work_fingerprint``.
+``fitting_by_phase`` (each phase's settings), ``virtual``, ``merged_from`` and ``virtual_sources`` (input and
+mapped files, relative to the archive) and drop the per-file ``shard``/``job``/``phase``/``phase_report``/``work_fingerprint``.
 See docs/ARCHIVE.md for the full table.
 """
 

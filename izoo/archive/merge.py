@@ -39,7 +39,8 @@ from izoo.errors import IzooError
 log = logging.getLogger(__name__)
 
 #: attributes that describe one shard or job file, not the merged archive
-PER_FILE_ATTRS = ("shard", "job", "phase", "created", "n_items", "merged_from", "virtual", "phase_counts",
+PER_FILE_ATTRS = ("shard", "job", "phase", "created", "n_items", "merged_from", "virtual", "virtual_sources",
+                  "phase_counts",
                   "phase_report", "work_fingerprint", "split")
 #: source files kept open at once (ImageNet has ~1,500 shard files; the open-file limit is often 1,024)
 OPEN_FILES = 64
@@ -317,8 +318,9 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
     try:
         with atomic_path(out) as tmp:
             with h5py.File(tmp, "w") as h5:
+                mapped: list[str] = []
                 if virtual:
-                    _write_virtual(h5, sources, src_file, src_row, out.parent)
+                    mapped = _write_virtual(h5, sources, src_file, src_row, out.parent)
                     param_names: list[str] = []
                     extra_names: list[str] = []
                     layout.create_datasets(h5, {}, n)
@@ -338,8 +340,10 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
                     h5.flush()
                     if progress is not None:
                         progress(stop, n)
-                h5.attrs.update(layout.encode_attrs(
-                    _merged_attrs(ref, sources, dataset, split, dict(sorted(phase_counts.items())), virtual, out)))
+                attrs = _merged_attrs(ref, sources, dataset, split, dict(sorted(phase_counts.items())), virtual, out)
+                if virtual:
+                    attrs["virtual_sources"] = mapped
+                h5.attrs.update(layout.encode_attrs(attrs))
             files.close()
             from izoo.archive.verify import check_structure  # verify imports merge's helpers
 
@@ -424,8 +428,9 @@ def _copy_block(h5: h5py.File, files: _OpenFiles, block_file: np.ndarray, block_
 
 
 def _write_virtual(h5: h5py.File, sources: Sequence[_SourceFile], src_file: np.ndarray, src_row: np.ndarray,
-                   folder: Path) -> None:
-    """``/params`` and ``/extras`` as virtual datasets mapping each item onto its source file's row.
+                   folder: Path) -> list[str]:
+    """``/params`` and ``/extras`` as virtual datasets mapping each item onto its source file's row; returns the
+    mapped files (relative to ``folder``).
 
     Uses h5py's low-level ``set_virtual`` rather than ``VirtualLayout``: the latter deep-copies a selection per
     mapping (~0.5 ms each), too slow for the ~10^5 runs an ImageNet split with scattered refined items has.
@@ -455,6 +460,7 @@ def _write_virtual(h5: h5py.File, sources: Sequence[_SourceFile], src_file: np.n
                 dcpl.set_virtual(vspace, file_name, dset_name, src_space)  # copies both selections
             h5py.h5d.create(parent.id, name.encode(), h5py.h5t.py_create(dtype), h5py.h5s.create_simple((n, *shape)),
                             dcpl=dcpl)
+    return sorted({os.path.relpath(sources[fid].path, folder) for _, _, fid, _ in runs})
 
 
 def merge_main(args: Any) -> int:

@@ -374,7 +374,8 @@ def inspect_archive(path: str | Path) -> str:
         rows.append(("size on disk", f"{_fmt_bytes(size)}" + (f" ({_fmt_bytes(size / n)} per item)" if n else "")
                      + (" — virtual: weights stay in the shard files" if virtual else "")))
         for key in sorted(attrs):
-            if key in ("format", "dataset", "split", "merged_from", "phase_counts", "n_items", "virtual"):
+            if key in ("format", "dataset", "split", "merged_from", "phase_counts", "n_items", "virtual",
+                       "virtual_sources"):
                 continue
             value = attrs[key]
             text = str(value) if not isinstance(value, (dict, list)) else layout.encode_attrs({key: value})[key]
