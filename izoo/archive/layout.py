@@ -84,9 +84,19 @@ class InrFile:
         return len(self.items)
 
 
+#: most items per chunk: keeps merge blocks (a multiple of every dataset's chunk rows) near one shard in size
+MAX_CHUNK_ROWS = 512
+
+
 def chunk_items(per_item_bytes: int, n_items: int, target_bytes: int = CHUNK_BYTES) -> int:
-    """Items per HDF5 chunk: about ``target_bytes`` per chunk, at least 1, at most ``n_items``."""
-    return int(max(1, min(max(n_items, 1), target_bytes // max(per_item_bytes, 1))))
+    """Items per HDF5 chunk: a power of two giving at most ~``target_bytes`` (1 .. ``MAX_CHUNK_ROWS``), or all items.
+
+    Powers of two make every dataset's chunk rows divide the largest one, so a merge block aligned to the
+    largest chunk is aligned for all of them and each chunk is compressed exactly once.
+    """
+    rows = max(1, min(MAX_CHUNK_ROWS, target_bytes // max(per_item_bytes, 1)))
+    rows = 1 << (rows.bit_length() - 1)
+    return int(max(1, min(max(n_items, 1), rows)))
 
 
 def encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -328,7 +328,9 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
                     layout.create_datasets(h5, {k: s for k, (s, _) in ref.params.items()}, n,
                                            {k: (s, d) for k, (s, d) in ref.extras.items()})
                     param_names, extra_names = list(ref.params), list(ref.extras)
-                out_chunk = min([h5[f"params/{p}"].chunks[0] for p in param_names]
+                # chunk rows are powers of two (or every item): a multiple of the largest aligns them all
+                out_chunk = max([h5[f"params/{p}"].chunks[0] for p in param_names]
+                                + [h5[f"extras/{e}"].chunks[0] for e in extra_names]
                                 or [h5["items/index"].chunks[0]])
                 if block_items is None:
                     block_items = max(len(s.index) for s in sources if s.kind == "basic")
