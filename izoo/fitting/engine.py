@@ -94,8 +94,9 @@ def _sincos_eager(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.sin(z), z.cos_()
 
 
-def _sincos_math(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.sin(z), torch.cos(z)
+def _hidden_math(zmm: torch.Tensor, b: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
+    a = (zmm + b.unsqueeze(-1)) * w0
+    return torch.sin(a), torch.cos(a)
 
 
 def _first_math(w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +121,9 @@ class _Kernels:
     def __init__(self, use_compile: bool):
         self.use_compile = use_compile and not _Kernels.broken
 
-    def _call(self, key: str, math_fn: Callable, eager_fn: Callable, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _call(self, key: str, math_fn: Callable, eager_fn: Callable | None,
+              *args: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``math_fn`` compiled when enabled; on a compiler failure (or when disabled) ``eager_fn`` (None: caller's)."""
         if self.use_compile and not _Kernels.broken:
             try:
                 fn = _Kernels.compiled.get(key)
@@ -133,15 +136,21 @@ class _Kernels:
                 _Kernels.broken = True
                 log.warning("torch.compile unavailable (%s: %s); using the eager sin/cos kernel",
                             type(exc).__name__, str(exc).splitlines()[0][:200])
-        return eager_fn(*args)
+        return None if eager_fn is None else eager_fn(*args)
 
     def first(self, w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Sine and cosine of the first layer's scaled pre-activation."""
         return self._call("first", _first_math, _first_eager, w, b, xs, w0)
 
-    def sincos(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sine and cosine of a hidden layer's scaled pre-activation ``w0 (W h + b)``."""
-        return self._call("sincos", _sincos_math, _sincos_eager, z)
+    def hidden(self, w: torch.Tensor, b: torch.Tensor, h: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sine and cosine of a hidden layer ``w0 (W h + b)``: eager folds bias and ``w0`` into one ``baddbmm``;
+        compiled adds bias, scale, sin and cos in one fused pass after a plain ``bmm``."""
+        if self.use_compile and not _Kernels.broken:
+            zmm = torch.bmm(w, h)
+            result = self._call("hidden", _hidden_math, None, zmm, b, w0)
+            if result is not None:
+                return result
+        return _sincos_eager(torch.baddbmm(b.unsqueeze(-1), w, h, beta=w0, alpha=w0))
 
 
 def want_compile(mode: str | bool, work: float) -> bool:
@@ -255,8 +264,7 @@ class SirenBatchFit:
         s, c = self.kernels.first(views[0], views[1], self.xs, w0)
         sines, cosines = [s], [c]
         for layer in range(1, n_layers - 1):
-            z = torch.baddbmm(views[2 * layer + 1].unsqueeze(-1), views[2 * layer], s, beta=w0, alpha=w0)
-            s, c = self.kernels.sincos(z)
+            s, c = self.kernels.hidden(views[2 * layer], views[2 * layer + 1], s, w0)
             if keep:
                 sines.append(s)
                 cosines.append(c)
