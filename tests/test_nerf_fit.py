@@ -147,3 +147,15 @@ def test_batch_fit_rejects_checkpoints_of_other_batches(scene) -> None:
     other = NerfBatchFit(SPEC, [scene, scene], settings, RENDER, init_params(SPEC, [0, 0]))
     with pytest.raises(ValueError):
         other.load_state(state)
+
+
+def test_scenes_with_different_held_out_counts_share_a_batch(scene) -> None:
+    other = procedural_scene(size=12, n_train=8, n_test=3, colour=(0.3, 0.3, 0.8))
+    settings = phase_settings({**FIT, "iterations": 2}, "basic")
+    init = init_params(SPEC, [4, 5])
+    together = NerfBatchFit(SPEC, [scene, other], settings, RENDER, init).evaluate()
+    alone = [NerfBatchFit(SPEC, [s], settings, RENDER, {k: v[i:i + 1] for k, v in init.items()}).evaluate()
+             for i, s in enumerate([scene, other])]
+    torch.testing.assert_close(together, torch.cat(alone))
+    res = fit_scenes([scene, other], SPEC, settings, RENDER, init=init)
+    assert res.iterations.tolist() == [2, 2] and np.isfinite(res.psnr).all()

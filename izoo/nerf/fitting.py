@@ -182,9 +182,6 @@ class SceneData:
             eval_imgs.append(ev)
             eval_poses.append(torch.as_tensor(s.poses)[picks].float())
             eval_focal.append(focal)
-        if len({e.shape for e in eval_imgs}) != 1:
-            raise IzooError("scenes of one batch have different numbers of held-out views", None,
-                            "set fit.eval_views to at most the smallest held-out view count")
         dev = self.device
         self.rgb = torch.cat(rgbs).to(dev)
         self.poses = torch.cat(poses).to(dev)
@@ -195,8 +192,9 @@ class SceneData:
         self.obj_off = torch.tensor(np.concatenate([[0], np.cumsum(n_obj)[:-1]]), device=dev)
         self.view_off = torch.tensor(np.concatenate([[0], np.cumsum(n_views)[:-1]]), device=dev)
         self.focal = torch.tensor([float(s.focal) for s in scenes], device=dev)
-        self.eval_images = torch.stack(eval_imgs).to(dev)      # [B, Ve, h, w, 3]
-        self.eval_poses = torch.stack(eval_poses).to(dev)      # [B, Ve, 4, 4]
+        # per scene (held-out view counts may differ between scenes): [Ve, h, w, 3], [Ve, 4, 4]
+        self.eval_images = [e.to(dev) for e in eval_imgs]
+        self.eval_poses = [p.to(dev) for p in eval_poses]
         self.eval_focal = torch.tensor(eval_focal, device=dev)
 
     def sample_rays(self, rows: torch.Tensor, u: torch.Tensor,
@@ -326,17 +324,29 @@ class NerfBatchFit:
         return dict(zip(self.names, theta))
 
     def evaluate(self, theta: list[torch.Tensor] | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Held-out PSNR (dB, float64 on the CPU) of the scenes ``rows`` (default: the active ones)."""
+        """Held-out PSNR (dB, float64 on the CPU) of the scenes ``rows`` (default: the active ones).
+
+        ``theta`` holds the parameters of exactly those scenes, in that order (default: the active ones).
+        """
         theta = self.theta if theta is None else theta
-        rows = self.rows if rows is None else rows
-        rd = rows.to(self.device)
-        gt = self.data.eval_images[rd]
-        _, _, h, w, _ = gt.shape
-        pred = render_views(self._params(theta), self.spec, self.data.eval_poses[rd], h, w, self.data.eval_focal[rd],
-                            self.render.near, self.render.far, self.render.samples_per_ray,
-                            chunk_rays=self.render.eval_chunk_rays)
-        mse = (pred.clamp(0.0, 1.0) - gt).pow(2).mean(dim=(2, 3, 4))               # [A, Ve]
-        return (-10.0 * torch.log10(mse.clamp_min(1e-12))).mean(dim=1).double().cpu()
+        rows = (self.rows if rows is None else rows).tolist()
+        data = self.data
+        psnr = torch.empty(len(rows), dtype=torch.float64)
+        # scenes with the same held-out view count render together (one batched pass; usually the whole batch)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for local, row in enumerate(rows):
+            groups.setdefault(tuple(data.eval_images[row].shape), []).append(local)
+        for shape, locals_ in groups.items():
+            sel = [rows[k] for k in locals_]
+            ld = torch.as_tensor(locals_, device=self.device)
+            params = {name: p[ld] for name, p in zip(self.names, theta)}
+            gt = torch.stack([data.eval_images[r] for r in sel])
+            pred = render_views(params, self.spec, torch.stack([data.eval_poses[r] for r in sel]), shape[1], shape[2],
+                                data.eval_focal[torch.as_tensor(sel, device=self.device)], self.render.near,
+                                self.render.far, self.render.samples_per_ray, chunk_rays=self.render.eval_chunk_rays)
+            mse = (pred.clamp(0.0, 1.0) - gt).pow(2).mean(dim=(2, 3, 4))             # [A, Ve]
+            psnr[torch.as_tensor(locals_)] = (-10.0 * torch.log10(mse.clamp_min(1e-12))).mean(dim=1).double().cpu()
+        return psnr
 
     def _draws(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-scene uniform draws of this step: ray choice ``[A, R]`` (float64) and depth jitter ``[A, R, S]``."""
