@@ -143,3 +143,21 @@ def test_foreign_run_file_is_a_one_line_error(tmp_path: Path) -> None:
     bad.write_text('{"hello": 1}')
     with pytest.raises(IzooError, match="not a classification run result"):
         load_runs([bad])
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "warmup_cosine", "constant"])
+def test_lr_schedules(schedule: str) -> None:
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = clf.make_scheduler(opt, schedule, total_steps=100, warmup_steps=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    if schedule == "constant":
+        assert lrs == [1.0] * 100
+    elif schedule == "cosine":
+        assert lrs[0] == 1.0 and lrs[50] == pytest.approx(0.5) and lrs[-1] < 0.01
+    else:
+        assert lrs[0] == pytest.approx(0.1) and lrs[10] == pytest.approx(1.0) and max(lrs) <= 1.0 + 1e-9
+        assert lrs[-1] < 0.01 and all(a <= b for a, b in zip(lrs[:10], lrs[1:11]))

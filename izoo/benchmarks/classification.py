@@ -310,17 +310,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def lr_lambda(schedule: str, total_steps: int, warmup_steps: int):
-    """Multiplier of the base LR at step ``k``: cosine to 0, linear warm-up then cosine, or constant."""
-    def factor(step: int) -> float:
-        if schedule == "constant":
-            return 1.0
-        if schedule == "warmup_cosine" and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        start = warmup_steps if schedule == "warmup_cosine" else 0
-        progress = min(1.0, (step - start) / max(1, total_steps - start))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int,
+                   warmup_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step LR schedule: cosine to 0, linear warm-up then cosine (``warmup_cosine``), or constant."""
+    sched = torch.optim.lr_scheduler
+    if schedule == "constant":
+        return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if schedule == "warmup_cosine":
+        warmup_steps = max(1, min(warmup_steps, total_steps - 1))
+        warm = sched.LinearLR(optimizer, start_factor=1.0 / warmup_steps, total_iters=warmup_steps)
+        cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+        return sched.SequentialLR(optimizer, [warm, cosine], milestones=[warmup_steps])
+    return sched.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
 
 
 def make_optimizer(model: InrClassifier, settings: ClassificationSettings) -> torch.optim.Optimizer:
@@ -375,7 +376,7 @@ def run_classification(train_path: str | Path, test_path: str | Path, tokenizer:
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     total_steps = settings.epochs * steps_per_epoch
     warmup = int(round(settings.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.schedule, total_steps, max(1, warmup)))
+    scheduler = make_scheduler(optimizer, settings.schedule, total_steps, warmup)
     generator = torch.Generator().manual_seed(seed)
     eval_bs = settings.eval_batch_size or settings.batch_size
     initial_coords = model.tokenizer.coordinates().detach().cpu()
