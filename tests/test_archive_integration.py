@@ -4,7 +4,6 @@ re-rendering every item against its source image through the dataset config."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

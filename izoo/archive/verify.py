@@ -19,7 +19,6 @@ What verify checks (each problem is one line; any problem → non-zero exit):
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,6 @@ from izoo.errors import IzooError
 from izoo.metrics import psnr as psnr_db
 from izoo.models import siren
 
-log = logging.getLogger(__name__)
 
 REQUIRED_ATTRS = ("format", "format_version", "model_family", "architecture", "izoo_version", "created")
 #: rows per NaN-scan read are sized to about this many bytes
