@@ -131,3 +131,17 @@ def test_later_refined_files_win(toy, tmp_path):
     args["refined"] = [toy.until, toy.extended]  # the order given decides, not the file names
     args["out"] = tmp_path / "out2.h5"
     assert merge_split(**args).phase_counts == {"basic": 5, "extended": 1}
+
+
+def test_nan_weights_in_a_shard_stop_the_merge_naming_it(toy, tmp_path):
+    shard = layout.read_inr_file(toy.basic["train-00001"])
+    shard.params["layer1.weight"][1, 0, 0] = np.inf
+    bad = layout.write_inr_file(tmp_path / "train-00001.h5", shard.params, shard.items, shard.attrs, shard.extras)
+    args = merge_args(toy, "train", tmp_path / "out.h5")
+    args["shards"] = [toy.basic["train-00000"], bad]
+    args["refined"] = []
+    with pytest.raises(IzooError, match=r"params/layer1.weight has NaN/Inf weights in 1 items \(index 4\)") as err:
+        merge_split(**args)
+    assert str(bad) in str(err.value) and not (tmp_path / "out.h5").exists()
+    args["refined"] = [toy.extended]  # the refined item 4 replaces the broken one: nothing NaN is copied
+    assert merge_split(**args).n_items == 6

@@ -349,7 +349,8 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
             files.close()
             from izoo.archive.verify import check_structure  # verify imports merge's helpers
 
-            problems = check_structure(tmp, manifest=table)
+            # a copied archive had its weights checked for NaN/Inf block by block while copying
+            problems = check_structure(tmp, manifest=table, scan_weights=virtual)
             if problems:
                 more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
                 raise IzooError(f"merged archive failed its checks: {problems[0]}{more}", out,
@@ -419,6 +420,14 @@ def _copy_block(h5: h5py.File, files: _OpenFiles, block_file: np.ndarray, block_
                 dtype = object if h5[key].dtype.kind == "O" else h5[key].dtype
                 buffers[key] = np.empty((m, *ds.shape[1:]), dtype=dtype)
             buffers[key][sel] = _decode_str(data) if buffers[key].dtype == object else data
+            if key.startswith("params/"):
+                # checked here, in memory, instead of re-reading the written archive (750 GB for ImageNet)
+                finite = np.isfinite(data.reshape(len(data), -1)).all(axis=1)
+                if not finite.all():
+                    bad = src["items/index"][:][rows[~finite]]
+                    raise IzooError(f"{key} has NaN/Inf weights in {len(bad)} items (index "
+                                    f"{', '.join(str(int(i)) for i in bad[:5])})", src.filename,
+                                    "delete the file and rerun the job that wrote it (lower the lr if it recurs)")
     for key, data in buffers.items():
         if data.dtype == object:
             h5[key][start:start + m] = data

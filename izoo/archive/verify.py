@@ -73,8 +73,12 @@ def _first(values: np.ndarray, limit: int = 5) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
-def check_structure(path: str | Path, manifest: pd.DataFrame | str | Path | None = None) -> list[str]:
-    """Structure, manifest counts and value checks of an archive (no rendering); one line per problem."""
+def check_structure(path: str | Path, manifest: pd.DataFrame | str | Path | None = None,
+                    scan_weights: bool = True) -> list[str]:
+    """Structure, manifest counts and value checks of an archive (no rendering); one line per problem.
+
+    ``scan_weights`` reads every weight to find NaN/Inf (the merge skips it: it checked each block in memory).
+    """
     path = Path(path)
     if not path.exists():
         return [f"archive {path} does not exist"]
@@ -83,14 +87,15 @@ def check_structure(path: str | Path, manifest: pd.DataFrame | str | Path | None
     except OSError as exc:
         return [f"cannot open as HDF5 (truncated or not an archive): {exc}"]
     try:
-        return _check_open(h5, path, manifest)
+        return _check_open(h5, path, manifest, scan_weights)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         return [f"unreadable dataset ({type(exc).__name__}: {exc})"]
     finally:
         h5.close()
 
 
-def _check_open(h5: h5py.File, path: Path, manifest: pd.DataFrame | str | Path | None) -> list[str]:
+def _check_open(h5: h5py.File, path: Path, manifest: pd.DataFrame | str | Path | None,
+                scan_weights: bool) -> list[str]:
     problems: list[str] = []
     attrs = layout.decode_attrs(h5.attrs)
     if attrs.get("format") != layout.FORMAT:
@@ -160,7 +165,7 @@ def _check_open(h5: h5py.File, path: Path, manifest: pd.DataFrame | str | Path |
     if len(few):
         problems.append(f"items/iterations < 1 for {len(few)} items (index {_first(index[few])})")
 
-    for name in sorted(h5["params"], key=param_sort_key):
+    for name in sorted(h5["params"], key=param_sort_key) if scan_weights else []:
         ds = h5[f"params/{name}"]
         per_item = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
         step = max(1, SCAN_BYTES // per_item)
