@@ -28,25 +28,26 @@ from izoo.models import siren
 SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
 
 
-def real_patches(n: int, size: int = 32, short_side: int = 128) -> torch.Tensor:
-    """``n`` RGB patches ``[n, 3, size, size]`` in [0, 1]: each sample image resized to ``short_side``, cut in tiles,
-    taken round-robin over the images so every image contributes."""
+def real_patches(n: int, size: int = 32, short_sides: tuple[int, ...] = (64, 96)) -> torch.Tensor:
+    """``n`` RGB patches ``[n, 3, size, size]`` in [0, 1]: each sample image resized (anti-aliased) to each short
+    side, cut in tiles, taken round-robin over images and scales. Small scales keep CIFAR-like detail per pixel."""
     import skimage.data
     from skimage.transform import resize
 
-    tiles_per_image = []
-    for name in SAMPLE_IMAGES:
-        img = getattr(skimage.data, name)()[..., :3].astype(np.float32) / 255.0
-        scale = short_side / min(img.shape[:2])
-        img = resize(img, (round(img.shape[0] * scale), round(img.shape[1] * scale)), anti_aliasing=True)
-        rows, cols = img.shape[0] // size, img.shape[1] // size
-        tiles_per_image.append([img[r * size:(r + 1) * size, c * size:(c + 1) * size]
-                                for r in range(rows) for c in range(cols)])
+    tiles_per_source = []
+    for short_side in short_sides:
+        for name in SAMPLE_IMAGES:
+            img = getattr(skimage.data, name)()[..., :3].astype(np.float32) / 255.0
+            scale = short_side / min(img.shape[:2])
+            img = resize(img, (round(img.shape[0] * scale), round(img.shape[1] * scale)), anti_aliasing=True)
+            rows, cols = img.shape[0] // size, img.shape[1] // size
+            tiles_per_source.append([img[r * size:(r + 1) * size, c * size:(c + 1) * size]
+                                     for r in range(rows) for c in range(cols)])
     patches = []
-    for k in range(max(len(t) for t in tiles_per_image)):
-        patches += [t[k] for t in tiles_per_image if k < len(t)]
+    for k in range(max(len(t) for t in tiles_per_source)):
+        patches += [t[k] for t in tiles_per_source if k < len(t)]
     if len(patches) < n:
-        raise SystemExit(f"only {len(patches)} patches available; ask for fewer or a larger --short-side")
+        raise SystemExit(f"only {len(patches)} patches available; ask for fewer")
     return torch.from_numpy(np.stack(patches[:n])).permute(0, 3, 1, 2).contiguous().clamp(0, 1)
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 import izoo.datasets  # noqa: F401  (imported up front so the deadline test times fitting, not imports)
 from izoo.archive import layout
 from izoo.cli import main
+from izoo.fitting.shard import StopControl
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +79,8 @@ def test_fit_plan_refine_round_trip(tmp_path, capsys):
     basic = layout.read_inr_file(tmp_path / "fit/basic/train-00000.h5")
     assert basic.params["layer0.weight"].shape == (4, 8, 2) and basic.params["layer2.bias"].shape == (4, 3)
     assert basic.attrs["architecture"]["layer_shapes"]["layer1.weight"] == [8, 8]
-    assert basic.attrs["dataset"] == "demo" and basic.attrs["tf32"] is False or basic.attrs["tf32"] == 0
+    assert basic.attrs["dataset"] == "demo" and not basic.attrs["tf32"] and basic.attrs["device"] == "cpu"
+    assert basic.attrs["coordinate_convention"] and basic.attrs["normalisation"]["mean"] == [0.485, 0.456, 0.406]
 
     assert main(["plan-refinement", "--dataset", "demo", "--dataset-config", json.dumps(cfg), "--phase", "extended",
                  "--reports", str(tmp_path / "fit/basic/train-00000.csv"),
@@ -132,3 +134,18 @@ def test_sigterm_saves_exits_75_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "batch 1/2 reused from work dir" in done.stderr and "batch 2/2 fitted" in done.stderr
     assert (tmp_path / "fit/basic/train-00000.h5").exists() and not (work / "batch-00001.ckpt").exists()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_sigusr1_and_deadline_request_a_stop():
+    stop = StopControl().install()
+    try:
+        assert not stop.should_stop()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.should_stop() and stop.reason == "signal SIGUSR1"
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGUSR1) != stop._handle
+    # a 10-minute job stops itself 90 s early; a 1-minute job at 80 % of its time
+    assert 505 < StopControl(10).deadline - time.monotonic() <= 510
+    assert 47 < StopControl(1).deadline - time.monotonic() <= 48
