@@ -157,3 +157,28 @@ def test_extras_shapes_are_fixed_across_batches(demo_root) -> None:
     json.dumps(family.architecture())  # archive attributes must be JSON
     with pytest.raises(IzooError, match="has no scene"):
         family.extras([Sample(item_id="x", label=0)])
+
+
+def test_fit_shard_runs_the_nerf_family_in_batches(demo_root, tmp_path) -> None:
+    from izoo.fitting.shard import fit_shard
+
+    source_cfg = {"format": "scenes", "root": str(demo_root), "splits": ["all"], "size": 12, "train_views": 6}
+    source = open_source(source_cfg)
+    refs = source.list_items("all")
+    manifest = pd.DataFrame({"index": range(len(refs)), "split": "all", "item_id": [r.item_id for r in refs],
+                             "label": [r.label for r in refs], "source_id": [r.source_id for r in refs],
+                             "shard": "all-00000"})
+    dataset_cfg = {"source": source_cfg, "model": {"family": "nerf", "depth": 2, "width": 16, "pos_freqs": 3,
+                                                   "dir_freqs": 2},
+                   "fit": {"batch_size": 1, "iterations": 8, "lr": 5e-3, "lr_min": 5e-4, "gate_psnr": 10.0,
+                           "check_every": 4, "rays_per_batch": 64, "samples_per_ray": 8, "device": "cpu"}}
+    out = fit_shard(manifest, source.load, dataset_cfg, tmp_path / "work", "basic", dataset="demo_scenes")
+    out.write(tmp_path / "shard.h5", tmp_path / "shard.csv")
+    with open_nerf_archive(tmp_path / "shard.h5") as arc:
+        assert len(arc) == 2 and arc.attrs["rendering"]["samples_per_ray"] == 8
+        assert arc.camera(1)["poses"].shape == (3, 4, 4)
+        assert arc.items["iterations"].tolist() == [8, 8]
+        archived_psnr = arc.items["psnr"].to_numpy()
+    report_csv = pd.read_csv(tmp_path / "shard.csv")
+    assert report_csv["phase"].eq("basic").all() and np.isfinite(report_csv["psnr_before"]).all()
+    np.testing.assert_allclose(report_csv["psnr_after"].to_numpy(), archived_psnr, rtol=1e-6)
