@@ -155,7 +155,6 @@ class SceneData:
         self.height, self.width = height, width
         rgbs, poses, obj, n_pix, n_obj, n_views = [], [], [], [], [], []
         eval_imgs, eval_poses, eval_focal = [], [], []
-        self.eval_on_train: list[bool] = []
         for s in scenes:
             train = list(s.train_views)
             imgs = torch.as_tensor(s.images)[train].float()
@@ -167,7 +166,6 @@ class SceneData:
             n_obj.append(int(is_obj.sum()))
             n_views.append(len(train))
             held_out = list(s.test_views)
-            self.eval_on_train.append(not held_out)
             if not held_out:
                 log.warning("scene has no held-out views; its PSNR is measured on training views")
                 held_out = train
