@@ -4,6 +4,7 @@
 rule merge:
     input:
         manifest=f"{R}/{{ds}}/manifest.csv",
+        plans=checkpoint_files,
         shards=lambda w: basic_files(w.ds, "h5", w.split),
         extended=lambda w: refine_files(w.ds, "extended", "h5"),
         until_threshold=lambda w: refine_files(w.ds, "until_threshold", "h5"),
@@ -26,7 +27,9 @@ rule verify:
         manifest=f"{R}/{{ds}}/manifest.csv",
     output:
         f"{R}/{{ds}}/archive/{{split}}.verified.txt",
+    params:
+        cfg=lambda w: ds_json(w.ds),
     log:
         f"{L}/{{ds}}/verify_{{split}}.log",
     shell:
-        "izoo verify {input.archive} --manifest {input.manifest} > {output} 2> {log}"
+        "izoo verify {input.archive} --manifest {input.manifest} --dataset-config {params.cfg:q} > {output} 2> {log}"

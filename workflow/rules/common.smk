@@ -79,13 +79,35 @@ def refine_plan(ds, phase):
         return json.load(fh)
 
 
+def checkpoint_files(wildcards, upto="until_threshold"):
+    """The checkpoint outputs (manifest, plans up to phase ``upto``) that a rule's input functions read.
+
+    Listing them as inputs makes the rule depend on the checkpoint jobs, so Snakemake re-evaluates
+    its inputs whenever a checkpoint reruns, instead of trusting a plan left by an earlier run.
+    """
+    ds = wildcards.ds
+    files = [f"{R}/{ds}/shards.json"]
+    for phase in REFINE_PHASES[: ["basic", *REFINE_PHASES].index(upto)]:
+        files.append(f"{R}/{ds}/fit/{phase}/plan.json")
+    return files
+
+
 def refine_files(ds, phase, ext):
     return [f"{R}/{ds}/fit/{phase}/{job}.{ext}" for job in refine_plan(ds, phase)["jobs"]]
 
 
 def refine_init_files(ds, phase, job):
-    """Weight files the items of a refinement job start from (previous phase's outputs)."""
-    return sorted({item["init"] for item in refine_plan(ds, phase)["jobs"][job]})
+    """Weight files the items of a refinement job start from (previous phase's outputs).
+
+    While Snakemake builds the DAG it may read a plan left by an earlier run that is about to be
+    replaced (the checkpoint reruns once the phase before it has rerun). Such a stale plan can name
+    jobs and init files the current plans no longer have; they are left out here so no stale job is
+    ever demanded, and the DAG is re-evaluated once the checkpoint has rewritten the plan.
+    """
+    before = previous_phase(phase)
+    current = set(basic_files(ds, "h5") if before == "basic" else refine_files(ds, before, "h5"))
+    items = refine_plan(ds, phase)["jobs"].get(job, [])
+    return sorted({item["init"] for item in items} & current)
 
 
 def phase_reports(ds, phase):

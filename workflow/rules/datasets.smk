@@ -22,6 +22,7 @@ checkpoint manifest:
     output:
         manifest=f"{R}/{{ds}}/manifest.csv",
         shards=f"{R}/{{ds}}/shards.json",
+        bad_items=f"{R}/{{ds}}/bad_items.csv",
     params:
         cfg=lambda w: ds_json(w.ds),
         out_dir=lambda w: f"{R}/{w.ds}",

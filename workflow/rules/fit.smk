@@ -32,6 +32,7 @@ for _phase in REFINE_PHASES:
         name:
             f"plan_{_phase}"
         input:
+            checkpoints=lambda w, phase=_phase: checkpoint_files(w, upto=previous_phase(phase)),
             reports=lambda w, phase=_phase: phase_reports(w.ds, previous_phase(phase)),
         output:
             plan=f"{R}/{{ds}}/fit/{_phase}/plan.json",
@@ -50,6 +51,7 @@ for _phase in REFINE_PHASES:
         input:
             plan=f"{R}/{{ds}}/fit/{_phase}/plan.json",
             manifest=f"{R}/{{ds}}/manifest.csv",
+            checkpoints=lambda w, phase=_phase: checkpoint_files(w, upto=phase),
             init=lambda w, phase=_phase: refine_init_files(w.ds, phase, w.job),
         output:
             h5=f"{R}/{{ds}}/fit/{_phase}/{{job}}.h5",

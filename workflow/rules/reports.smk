@@ -5,6 +5,7 @@
 rule report:
     input:
         manifest=f"{R}/{{ds}}/manifest.csv",
+        plans=checkpoint_files,
         archives=lambda w: archive_files(w.ds),
         verified=lambda w: [a.replace(".h5", ".verified.txt") for a in archive_files(w.ds)],
         basic=lambda w: phase_reports(w.ds, "basic"),
