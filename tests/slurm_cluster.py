@@ -7,10 +7,14 @@ machine (or reuses one that already answers), fakes GPUs as GRES so the
 profile's ``gpu`` requests are really scheduled, and stops only the daemons it
 started, by PID.
 
-Everything the daemons write (config, state, spool, logs, munge socket) lives
-under one base directory, so nothing in /etc or /run is touched. Clients find
-the cluster through ``SLURM_CONF``; use :attr:`SlurmCluster.env` for every
-subprocess (snakemake, sbatch, squeue, ...).
+Config, state, spool and logs live under one temporary directory; nothing in
+/etc is written. Two system paths are used because SLURM insists on them:
+munged's default socket in /run/munge (reused if a munged already answers
+there) and slurmd's configless cache link /run/slurm/conf (removed on stop).
+Configless mode is what lets ``srun`` inside a job find the cluster: the
+snakemake jobstep plugin strips ``SLURM_CONF`` from the job environment.
+Outside jobs, clients find the cluster through ``SLURM_CONF``; use
+:attr:`SlurmCluster.env` (or :func:`snakemake_env`) for every subprocess.
 
 Run ``python tests/slurm_cluster.py`` to keep a cluster up by hand (Ctrl-C stops it).
 """
@@ -39,8 +43,13 @@ import pytest
 # squeue status mode needs >= 3x its first status-check delay, and the tests
 # read finished jobs back with scontrol.
 MIN_JOB_AGE_S = 3600
-# Fake GPUs on the node: enough for two fitting jobs side by side.
-DEFAULT_FAKE_GPUS = 2
+# Fake GPUs on the node: two concurrent test workflows get two fitting jobs each.
+DEFAULT_FAKE_GPUS = 4
+# The node is declared at least this big (SlurmdParameters=config_overrides), like one GPU node of
+# a real cluster, so the unchanged profiles/slurm requests (cpus_per_gpu=4, mem_mb=16000*attempt)
+# are schedulable on a small test machine. Without cgroups nothing enforces these numbers.
+MIN_NODE_CPUS = 32
+MIN_NODE_MEMORY_MB = 131072
 REQUIRED_PROGRAMS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sinfo")
 INSTALL_HINT = "install it as root: apt-get install -y slurm-wlm munge (.ci/run does this)"
 
@@ -171,9 +180,9 @@ def _free_port() -> int:
 
 
 def _node_memory_mb() -> int:
-    """Memory to advertise for the node: below the machine's, as slurmd requires."""
+    """Memory to advertise for the node: 80 % of the machine's, but at least a GPU node's."""
     total_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return max(512, int(total_kb / 1024 * 0.8))
+    return max(MIN_NODE_MEMORY_MB, int(total_kb / 1024 * 0.8))
 
 
 def _write_config(base: Path, gpus: int) -> tuple[Path, str, str, int]:
@@ -194,7 +203,7 @@ def _write_config(base: Path, gpus: int) -> tuple[Path, str, str, int]:
     (base / "gres.conf").write_text(
         f"NodeName={node} Name=gpu File={base / 'dev'}/fakegpu[0-{gpus - 1}]\n"
     )
-    cpus = os.cpu_count() or 1
+    cpus = max(MIN_NODE_CPUS, os.cpu_count() or 1)
     ctld_port = _free_port()
     conf = base / "slurm.conf"
     conf.write_text(
@@ -229,6 +238,8 @@ def _write_config(base: Path, gpus: int) -> tuple[Path, str, str, int]:
                 "SchedulerType=sched/backfill",
                 "MpiDefault=none",
                 "ReturnToService=2",
+                # Accept the declared CPUs/memory even where the machine is smaller.
+                "SlurmdParameters=config_overrides",
                 f"MinJobAge={MIN_JOB_AGE_S}",
                 "InactiveLimit=0",
                 "GresTypes=gpu",
@@ -441,6 +452,15 @@ def snakemake_env(cluster: SlurmCluster) -> dict[str, str]:
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def start_snakemake(cluster: SlurmCluster, workdir: Path, args: list[str], log_name: str) -> subprocess.Popen:
+    """Start ``python -m snakemake <args>`` in ``workdir`` in the background; its output goes to workdir/log_name."""
+    with open(workdir / log_name, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "snakemake", *args], cwd=workdir, env=snakemake_env(cluster),
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
 
 
 def run_snakemake(
