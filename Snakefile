@@ -2,6 +2,8 @@
 #   snakemake --profile profiles/slurm            # GPU cluster (edit partition/account there)
 #   snakemake --profile profiles/local            # one machine, embedded demo data
 # Targets: all (default), datasets (archives + PSNR reports + summary), benchmarks.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -51,3 +53,10 @@ localrules:
     filter_scenes,
     summary,
     bench_table,
+
+
+onsuccess:
+    if os.path.exists(f"{R}/summary.md"):
+        print(f"izoo: done. Summary: {R}/summary.md; per-dataset PSNR reports: "
+              + ", ".join(f"{R}/{ds}/reports/" for ds in DATASETS)
+              + (f"; benchmark tables: {R}/benchmarks/*/table.md" if BENCHMARKS else ""))

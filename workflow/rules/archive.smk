@@ -14,6 +14,8 @@ rule merge:
         virtual=lambda w: "--virtual" if ds_cfg(w.ds)["archive"]["virtual"] else "",
     log:
         f"{L}/{{ds}}/merge_{{split}}.log",
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo merge --dataset {wildcards.ds} --manifest {input.manifest} --split {wildcards.split}"
         " --shards {input.shards} --refined {input.extended} {input.until_threshold}"
@@ -31,5 +33,7 @@ rule verify:
         cfg=lambda w: ds_json(w.ds),
     log:
         f"{L}/{{ds}}/verify_{{split}}.log",
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo verify {input.archive} --manifest {input.manifest} --dataset-config {params.cfg:q} > {output} 2> {log}"

@@ -29,6 +29,8 @@ rule bench_2d:
         settings=lambda w: bench_settings(w.bench),
     log:
         f"{L}/benchmarks/{{bench}}/{{tokenizer}}-seed{{seed}}.log",
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo {params.command} --train {input.train} --test {input.test} --tokenizer {wildcards.tokenizer}"
         " --seed {wildcards.seed} --settings {params.settings:q} --out {output} > {log} 2>&1"
@@ -47,6 +49,8 @@ rule bench_pose:
         settings=lambda w: bench_settings(w.bench),
     log:
         f"{L}/benchmarks/{{bench}}/pose-seed{{seed}}.log",
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo bench-pose --archive {input.archive} --kept {input.kept} --settings {params.settings:q}"
         " --seed {wildcards.seed} --out {output} > {log} 2>&1"
@@ -64,5 +68,7 @@ rule bench_table:
                            "pose": "bench-pose-table"}[bench_cfg(w.bench)["task"]],
     log:
         f"{L}/benchmarks/{{bench}}/table.log",
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo {params.command} --runs {input.runs} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"

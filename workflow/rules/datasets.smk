@@ -11,6 +11,8 @@ rule demo_data:
         n=CFG["demo_data"]["n_per_class"],
     log:
         f"{L}/demo_data.log",
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo demo-data --out {params.out} --seed {params.seed} --n-per-class {params.n} > {log} 2>&1"
 
@@ -28,5 +30,7 @@ checkpoint manifest:
         out_dir=lambda w: f"{R}/{w.ds}",
     log:
         f"{L}/{{ds}}/manifest.log",
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo manifest --dataset {wildcards.ds} --dataset-config {params.cfg:q} --out-dir {params.out_dir} > {log} 2>&1"

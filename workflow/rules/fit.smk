@@ -20,6 +20,8 @@ rule fit_basic:
         f"{L}/{{ds}}/fit_basic/{{shard}}.log",
     benchmark:
         f"{L}/{{ds}}/fit_basic/{{shard}}.benchmark.tsv"
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo fit --dataset {wildcards.ds} --dataset-config {params.cfg:q} --manifest {input.manifest}"
         " --shard {wildcards.shard} --phase basic --workdir {params.workdir}"
@@ -41,6 +43,8 @@ for _phase in REFINE_PHASES:
             phase=_phase,
         log:
             f"{L}/{{ds}}/plan_{_phase}.log",
+        conda:
+            "../../envs/izoo.yaml"
         shell:
             "izoo plan-refinement --dataset {wildcards.ds} --dataset-config {params.cfg:q} --phase {params.phase}"
             " --reports {input.reports} --out {output.plan} > {log} 2>&1"
@@ -65,6 +69,8 @@ for _phase in REFINE_PHASES:
             f"{L}/{{ds}}/fit_{_phase}/{{job}}.log",
         benchmark:
             f"{L}/{{ds}}/fit_{_phase}/{{job}}.benchmark.tsv"
+        conda:
+            "../../envs/izoo.yaml"
         shell:
             "izoo fit --dataset {wildcards.ds} --dataset-config {params.cfg:q} --manifest {input.manifest}"
             " --plan {input.plan} --job {wildcards.job} --phase {params.phase} --workdir {params.workdir}"

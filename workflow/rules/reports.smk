@@ -32,6 +32,8 @@ rule report:
         out_dir=lambda w: f"{R}/{w.ds}/reports",
     log:
         f"{L}/{{ds}}/report.log",
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo report --dataset {wildcards.ds} --dataset-config {params.cfg:q} --manifest {input.manifest}"
         " --archives {input.archives} --reports {input.basic} {input.extended} {input.until_threshold}"
@@ -50,6 +52,8 @@ rule filter_scenes:
         min_per_class=lambda w: ds_cfg(w.ds)["min_scenes_per_class"],
     log:
         f"{L}/{{ds}}/filter_scenes.log",
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo filter-scenes --reports {input.item_table} --gate {params.gate} --min-per-class {params.min_per_class}"
         " --out-kept {output.kept} --out-dropped {output.dropped} > {log} 2>&1"
@@ -65,5 +69,7 @@ rule summary:
         csv=f"{R}/summary.csv",
     log:
         f"{L}/summary.log",
+    conda:
+        "../../envs/izoo.yaml"
     shell:
         "izoo summary --inputs {input.summaries} --out-md {output.md} --out-csv {output.csv} 2> {log} | tee -a {log}"
