@@ -10,6 +10,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     reasons = set()
     for report in terminalreporter.stats.get("skipped", []):
         if "slurm" in report.keywords and isinstance(report.longrepr, tuple):
-            reasons.add(report.longrepr[2])
+            reasons.add(report.longrepr[2].removeprefix("Skipped: "))
     for reason in sorted(reasons):
         terminalreporter.write_line(f"SLURM tests SKIPPED: {reason}", yellow=True, bold=True)

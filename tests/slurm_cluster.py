@@ -131,9 +131,15 @@ def parse_scontrol_record(text: str) -> dict[str, str]:
     return record
 
 
+def _which(program: str) -> str | None:
+    """Full path of a program on PATH or in the sbin directories (daemons live there, often off PATH)."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+    return shutil.which(program, path=search)
+
+
 def unavailable_reason() -> str | None:
     """Say why this machine cannot start a SLURM cluster, or None when it can."""
-    missing = [p for p in REQUIRED_PROGRAMS if shutil.which(p) is None]
+    missing = [p for p in REQUIRED_PROGRAMS if _which(p) is None]
     if missing:
         return f"SLURM/munge programs not installed ({', '.join(missing)}): {INSTALL_HINT}"
     if os.geteuid() != 0:
@@ -287,7 +293,7 @@ def _start_munged(base: Path) -> subprocess.Popen | None:
     log.touch()
     os.chown(log, user.pw_uid, user.pw_gid)
     argv = [
-        shutil.which("munged") or "munged", "--foreground", f"--key-file={key}", f"--log-file={log}",
+        _which("munged") or "munged", "--foreground", f"--key-file={key}", f"--log-file={log}",
         f"--pid-file={munge_dir / 'munged.pid'}", f"--seed-file={munge_dir / 'munged.seed'}",
     ]
     # In the foreground munged reports startup errors on stderr only.
@@ -340,8 +346,8 @@ def start_cluster(base_dir: Path, gpus: int = DEFAULT_FAKE_GPUS, timeout: float 
         env = {**plain_env, "SLURM_CONF": str(conf)}
         for name, argv, daemon_env in (
             # -i: ignore saved state from an earlier run of the same directory.
-            ("slurmctld", ["slurmctld", "-D", "-i", "-f", str(conf)], env),
-            ("slurmd", ["slurmd", "-D", "--conf-server", f"127.0.0.1:{ctld_port}"], plain_env),
+            ("slurmctld", [_which("slurmctld") or "slurmctld", "-D", "-i", "-f", str(conf)], env),
+            ("slurmd", [_which("slurmd") or "slurmd", "-D", "--conf-server", f"127.0.0.1:{ctld_port}"], plain_env),
         ):
             with open(base / "log" / f"{name}.stdout", "ab") as out:
                 started[name] = subprocess.Popen(

@@ -72,3 +72,13 @@ def test_slurm_cluster_runs_gpu_jobs(slurm_cluster: SlurmCluster, tmp_path: Path
     again_log = again.stdout + again.stderr
     assert "has been submitted with SLURM jobid" not in again_log
     assert "Nothing to be done" in again_log
+
+
+def test_unavailable_reason_names_missing_programs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a SLURM daemon installed the harness says which program is missing and how to install it."""
+    import slurm_cluster
+
+    real_which = slurm_cluster._which
+    monkeypatch.setattr(slurm_cluster, "_which", lambda prog: None if prog == "slurmd" else real_which(prog))
+    reason = slurm_cluster.unavailable_reason()
+    assert reason is not None and "(slurmd)" in reason and "apt-get install" in reason
