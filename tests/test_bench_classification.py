@@ -161,3 +161,17 @@ def test_lr_schedules(schedule: str) -> None:
     else:
         assert lrs[0] == pytest.approx(0.1) and lrs[10] == pytest.approx(1.0) and max(lrs) <= 1.0 + 1e-9
         assert lrs[-1] < 0.01 and all(a <= b for a, b in zip(lrs[:10], lrs[1:11]))
+
+
+def test_streamed_split_yields_the_same_items_as_in_memory(archives: tuple[Path, Path]) -> None:
+    train, _ = archives
+    memory = clf.InrSplit(train, torch.device("cpu"), max_items=40, in_memory_gb=8.0)
+    streamed = clf.InrSplit(train, torch.device("cpu"), max_items=40, in_memory_gb=0.0)
+    assert memory.in_memory and not streamed.in_memory
+    batches = list(streamed.batches(16, shuffle=False, generator=None))
+    assert [len(labels) for _, labels in batches] == [16, 16, 8]
+    params = [torch.cat([b[0][k] for b in batches]) for k in range(len(memory.params))]
+    assert all(torch.equal(a, b) for a, b in zip(params, memory.params))
+    assert torch.equal(torch.cat([labels for _, labels in batches]), memory.labels)
+    shuffled = torch.cat([labels for _, labels in streamed.batches(16, shuffle=True, generator=None, seed=3)])
+    assert sorted(shuffled.tolist()) == sorted(memory.labels.tolist())

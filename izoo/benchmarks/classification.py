@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import izoo
-from izoo.archive import layout
+import izoo.archive
 from izoo.atomic import atomic_path
 from izoo.benchmarks.augment import OPS, RandAugmentINR, query_augmented
 from izoo.benchmarks.tokenizers import TOKENIZERS, CoordinateTokenizer, describe
@@ -133,43 +133,26 @@ class InrSplit:
     def __init__(self, path: str | Path, device: torch.device, max_items: int | None, in_memory_gb: float):
         self.path = Path(path)
         self.device = device
-        self._archive = None
-        try:
-            from izoo.archive.reader import open_archive
-        except ImportError:  # an izoo build without the lazy reader: whole-file read
-            open_archive = None
-        if open_archive is not None:
-            archive = open_archive(self.path, device="cpu")
-            if archive.spec is None:
-                raise IzooError(f"classification needs SIREN INRs, not {archive.model_family!r}", self.path,
-                                "pass a 2D image archive (e.g. results/cifar10/archive/train.h5)")
-            self.spec, labels, names = archive.spec, np.asarray(archive.labels), archive.param_names
-            n_total = len(archive)
-        else:
-            whole = layout.read_inr_file(self.path)
-            arch = whole.attrs.get("architecture") or {}
-            fields = {f.name for f in dataclasses.fields(siren.SirenSpec)}
-            self.spec = siren.SirenSpec(**{k: v for k, v in arch.items() if k in fields})
-            labels = whole.items["label"].to_numpy()
-            n_total = len(whole)
-            names = [f"layer{i}.{leaf}" for i in range(self.spec.depth) for leaf in ("weight", "bias")]
-        self.n = n_total if max_items is None else min(int(max_items), n_total)
-        self.labels = torch.as_tensor(labels[: self.n], dtype=torch.long)
+        archive = izoo.archive.open(self.path, device="cpu")
+        if archive.spec is None:
+            raise IzooError(f"classification needs SIREN INRs, not {archive.model_family!r}", self.path,
+                            "pass a 2D image archive (e.g. results/cifar10/archive/train.h5)")
+        self.spec = archive.spec
+        self.n = len(archive) if max_items is None else min(int(max_items), len(archive))
         if self.n == 0:
             raise IzooError("archive has no items", self.path, "rerun the merge that writes it")
+        self.labels = torch.as_tensor(np.asarray(archive.labels[: self.n]), dtype=torch.long)
         if bool((self.labels < 0).any()):
             raise IzooError("archive has items without a class label (-1)", self.path,
                             "classification needs a labelled dataset archive")
-        per_item = 4 * self.spec.n_params()
-        self.in_memory = per_item * self.n <= in_memory_gb * (1 << 30)
-        if open_archive is None:
-            self.params = [torch.from_numpy(whole.params[n][: self.n]).to(device) for n in names]
-        elif self.in_memory:
+        self.in_memory = 4 * self.spec.n_params() * self.n <= in_memory_gb * (1 << 30)
+        self._archive = None
+        self.params: siren.Params | None = None
+        if self.in_memory:  # demo/CIFAR scale: hold every weight on the device, batches are plain indexing
             self.params = [p.to(device) for p in archive.params_batch(slice(0, self.n))]
             archive.close()
-        else:
+        else:               # ImageNet scale: stream contiguous runs through the archive's loader
             self._archive = archive
-            self.params = None
         self.labels = self.labels.to(device)
 
     def __len__(self) -> int:
