@@ -89,31 +89,24 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 # --------------------------------------------------------------------------------------------- sin/cos kernels
 
-def _sincos_eager(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sin(z)`` and ``cos(z)`` of a scaled pre-activation; the cosine reuses ``z``'s storage (z is a temporary)."""
-    return torch.sin(z), z.cos_()
-
-
-def _hidden_math(zmm: torch.Tensor, b: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
-    a = (zmm + b.unsqueeze(-1)) * w0
-    return torch.sin(a), torch.cos(a)
-
-
-def _first_math(w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _first_math(w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, w0: float, s_out: torch.Tensor,
+                c_out: torch.Tensor) -> None:
     a = (w[:, :, 0:1] * xs[0] + w[:, :, 1:2] * xs[1] + b.unsqueeze(-1)) * w0
-    return torch.sin(a), torch.cos(a)
+    s_out.copy_(torch.sin(a))
+    c_out.copy_(torch.cos(a))
 
 
-def _first_eager(w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """First layer (K = 2 inputs) element-wise instead of a matmul; ``w0`` folded into the (tiny) weights."""
-    ws, bs = w * w0, b * w0
-    z = torch.addcmul(bs.unsqueeze(-1), ws[:, :, 0:1], xs[0])
-    z.addcmul_(ws[:, :, 1:2], xs[1])
-    return _sincos_eager(z)
+def _hidden_math(zmm: torch.Tensor, b: torch.Tensor, w0: float, s_out: torch.Tensor) -> None:
+    """``zmm`` holds ``W h`` on entry and ``cos(w0 (W h + b))`` on exit; ``s_out`` gets the sine."""
+    a = (zmm + b.unsqueeze(-1)) * w0
+    s_out.copy_(torch.sin(a))
+    zmm.copy_(torch.cos(a))
 
 
 class _Kernels:
-    """Eager or ``torch.compile``d sin/cos kernels; compilation failures fall back to eager once, with a warning."""
+    """Eager or ``torch.compile``d sin/cos kernels writing into caller-owned buffers (CPU allocations of fresh
+    activation-sized tensors every step cost page faults, ~30 % of a step); compilation failures fall back to
+    eager once, with a warning."""
 
     compiled: dict[str, Callable] = {}
     broken = False
@@ -121,36 +114,46 @@ class _Kernels:
     def __init__(self, use_compile: bool):
         self.use_compile = use_compile and not _Kernels.broken
 
-    def _call(self, key: str, math_fn: Callable, eager_fn: Callable | None,
-              *args: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``math_fn`` compiled when enabled; on a compiler failure (or when disabled) ``eager_fn`` (None: caller's)."""
-        if self.use_compile and not _Kernels.broken:
-            try:
-                fn = _Kernels.compiled.get(key)
-                if fn is None:
-                    fn = _Kernels.compiled[key] = torch.compile(math_fn, dynamic=True)
-                return fn(*args)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure (no C++ toolchain, no triton, ...) → eager
-                if is_out_of_memory(exc):
-                    raise
-                _Kernels.broken = True
-                log.warning("torch.compile unavailable (%s: %s); using the eager sin/cos kernel",
-                            type(exc).__name__, str(exc).splitlines()[0][:200])
-        return None if eager_fn is None else eager_fn(*args)
+    def _compiled(self, key: str, math_fn: Callable, *args: Any) -> bool:
+        """Run ``math_fn`` compiled; False (and eager from then on) if compilation is unavailable."""
+        if not self.use_compile or _Kernels.broken:
+            return False
+        try:
+            fn = _Kernels.compiled.get(key)
+            if fn is None:
+                fn = _Kernels.compiled[key] = torch.compile(math_fn, dynamic=True)
+            fn(*args)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any compiler failure (no C++ toolchain, no triton, ...) → eager
+            if is_out_of_memory(exc):
+                raise
+            _Kernels.broken = True
+            log.warning("torch.compile unavailable (%s: %s); using the eager sin/cos kernels",
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            return False
 
-    def first(self, w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sine and cosine of the first layer's scaled pre-activation."""
-        return self._call("first", _first_math, _first_eager, w, b, xs, w0)
+    def first(self, w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, w0: float, s_out: torch.Tensor,
+              c_out: torch.Tensor) -> None:
+        """``sin``/``cos`` of the first layer ``w0 (W x + b)``, its K = 2 inputs done element-wise, not as a GEMM."""
+        if self._compiled("first", _first_math, w, b, xs, w0, s_out, c_out):
+            return
+        ws, bs = w * w0, b * w0   # fold w0 into the tiny weights instead of a pass over the activations
+        torch.addcmul(bs.unsqueeze(-1), ws[:, :, 0:1], xs[0], out=c_out)
+        c_out.addcmul_(ws[:, :, 1:2], xs[1])
+        torch.sin(c_out, out=s_out)
+        c_out.cos_()
 
-    def hidden(self, w: torch.Tensor, b: torch.Tensor, h: torch.Tensor, w0: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sine and cosine of a hidden layer ``w0 (W h + b)``: eager folds bias and ``w0`` into one ``baddbmm``;
+    def hidden(self, w: torch.Tensor, b: torch.Tensor, h: torch.Tensor, w0: float, s_out: torch.Tensor,
+               c_out: torch.Tensor) -> None:
+        """``sin``/``cos`` of a hidden layer ``w0 (W h + b)``: eager folds bias and ``w0`` into one ``baddbmm``;
         compiled adds bias, scale, sin and cos in one fused pass after a plain ``bmm``."""
         if self.use_compile and not _Kernels.broken:
-            zmm = torch.bmm(w, h)
-            result = self._call("hidden", _hidden_math, None, zmm, b, w0)
-            if result is not None:
-                return result
-        return _sincos_eager(torch.baddbmm(b.unsqueeze(-1), w, h, beta=w0, alpha=w0))
+            torch.bmm(w, h, out=c_out)
+            if self._compiled("hidden", _hidden_math, c_out, b, w0, s_out):
+                return
+        torch.baddbmm(b.unsqueeze(-1), w, h, beta=w0, alpha=w0, out=c_out)
+        torch.sin(c_out, out=s_out)
+        c_out.cos_()
 
 
 def want_compile(mode: str | bool, work: float) -> bool:
@@ -210,6 +213,7 @@ class SirenBatchFit:
         self.xs = siren.coordinate_grid(height, width, device=self.device).to(self.dtype).t().contiguous()  # [2, P]
         work = float(n_items) * spec.width * self.n_pixels * (spec.depth - 1) * settings.max_steps
         self.kernels = _Kernels(want_compile(use_compile, work))
+        self._buffers: dict[str, torch.Tensor] = {}
         flat = self.layout.pack([p.to(self.device, self.dtype) for p in init])
         self._fresh(flat)
 
@@ -231,6 +235,12 @@ class SirenBatchFit:
         self.psnr_before = torch.full((n,), float("nan"), dtype=torch.float64)
         self.seconds = torch.zeros(n, dtype=torch.float64)
         self.finished = torch.zeros(n, dtype=torch.bool)
+        self._select_targets()
+
+    def _select_targets(self) -> None:
+        """Targets of the active rows (kept compacted alongside the parameters)."""
+        rows = self.rows.to(self.device)
+        self.tn, self.t01 = self.all_tn[rows], self.all_t01[rows]
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue bit-for-bit (CPU tensors)."""
@@ -254,23 +264,29 @@ class SirenBatchFit:
         for key in ("best_psnr", "stall_ref", "stall_step", "out_theta", "out_psnr", "out_iters", "psnr_before",
                     "seconds", "finished"):
             setattr(self, key, state[key].clone())
+        self._select_targets()
 
     # ----- maths
-    def _forward(self, theta: torch.Tensor, keep: bool) -> tuple[torch.Tensor, list, list]:
-        """Outputs ``[A, 3, P]`` (normalised space) and, if ``keep``, the sines and scaled cosines per layer."""
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A reusable activation buffer (reallocated only when the batch shrinks)."""
+        buf = self._buffers.get(name)
+        if buf is None or tuple(buf.shape) != shape:
+            buf = self._buffers[name] = torch.empty(shape, device=self.device, dtype=self.dtype)
+        return buf
+
+    def _forward(self, theta: torch.Tensor) -> tuple[torch.Tensor, list, list]:
+        """Outputs ``[A, 3, P]`` (normalised space) plus the sines and cosines of every hidden layer."""
         w0 = self.spec.w0
         views = self.layout.views(theta)
         n_layers = len(views) // 2
-        s, c = self.kernels.first(views[0], views[1], self.xs, w0)
-        sines, cosines = [s], [c]
+        shape = (theta.shape[0], self.spec.width, self.n_pixels)
+        sines = [self._buffer(f"s{k}", shape) for k in range(n_layers - 1)]
+        cosines = [self._buffer(f"c{k}", shape) for k in range(n_layers - 1)]
+        self.kernels.first(views[0], views[1], self.xs, w0, sines[0], cosines[0])
         for layer in range(1, n_layers - 1):
-            s, c = self.kernels.hidden(views[2 * layer], views[2 * layer + 1], s, w0)
-            if keep:
-                sines.append(s)
-                cosines.append(c)
-        if not keep:
-            sines, cosines = [], []
-        out = torch.baddbmm(views[-1].unsqueeze(-1), views[-2], s)
+            self.kernels.hidden(views[2 * layer], views[2 * layer + 1], sines[layer - 1], w0, sines[layer],
+                                cosines[layer])
+        out = torch.baddbmm(views[-1].unsqueeze(-1), views[-2], sines[-1])
         return out, sines, cosines
 
     def _psnr(self, out: torch.Tensor, t01: torch.Tensor) -> torch.Tensor:
@@ -285,7 +301,7 @@ class SirenBatchFit:
         small weight gradients and, through the GEMM's ``alpha``, to the next ``dL/ds`` (no extra pass).
         """
         w0 = self.spec.w0
-        grad = torch.empty_like(self.theta)
+        grad = self._buffer("grad", tuple(self.theta.shape))
         gviews = self.layout.views(grad)
         views = self.layout.views(self.theta)
         n_layers = len(views) // 2
@@ -295,9 +311,9 @@ class SirenBatchFit:
         for layer in range(n_layers - 1, 0, -1):
             gviews[2 * layer].copy_(torch.bmm(dz, sines[layer - 1].transpose(1, 2)).mul_(scale))
             gviews[2 * layer + 1].copy_(dz.sum(dim=-1).mul_(scale))
-            dh = torch.baddbmm(zero, views[2 * layer].transpose(1, 2), dz, beta=0.0, alpha=scale)
+            dh = self._buffer("dh", tuple(cosines[layer - 1].shape))
+            torch.baddbmm(zero, views[2 * layer].transpose(1, 2), dz, beta=0.0, alpha=scale, out=dh)
             dz = cosines[layer - 1].mul_(dh)                              # reuses the cosine's storage
-            del dh
             scale = w0
         gviews[0].copy_(torch.matmul(dz, self.xs.t()).mul_(w0))
         gviews[1].copy_(dz.sum(dim=-1).mul_(w0))
@@ -351,6 +367,7 @@ class SirenBatchFit:
         kd = keep.to(self.theta.device)
         self.rows = rows[keep]
         self.theta, self.m, self.v = self.theta[kd], self.m[kd], self.v[kd]
+        self.tn, self.t01 = self.tn[kd], self.t01[kd]
         if self.best_theta is not None:
             self.best_theta = self.best_theta[kd]
         return kd
@@ -375,12 +392,9 @@ class SirenBatchFit:
                 on_checkpoint(self.state())
             final = self.step >= st.max_steps
             is_check = final or self.step % st.check_every == 0
-            rows_dev = self.rows.to(self.device)
-            full = len(self.rows) == self.n_items
-            tn = self.all_tn if full else self.all_tn[rows_dev]
-            out, sines, cosines = self._forward(self.theta, keep=not final)
+            out, sines, cosines = self._forward(self.theta)
             if is_check:
-                psnr = self._psnr(out, self.all_t01 if full else self.all_t01[rows_dev])
+                psnr = self._psnr(out, self.t01)
                 tick = self._charge(tick)
                 kept = self._check(psnr, final)
                 if progress is not None and len(psnr):
@@ -388,9 +402,9 @@ class SirenBatchFit:
                 if len(self.rows) == 0:
                     break
                 if kept is not None:  # some items left the batch: drop their activations too
-                    out, tn = out[kept], tn[kept]
+                    out = out[kept]
                     sines, cosines = [a[kept] for a in sines], [a[kept] for a in cosines]
-            grad = self._gradient(out, tn, sines, cosines)
+            grad = self._gradient(out, self.tn, sines, cosines)
             del out, sines, cosines
             self._adam(grad, st.lr_at(self.step))
             self.step += 1
