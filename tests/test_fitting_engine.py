@@ -12,6 +12,7 @@ from izoo.fitting import engine
 from izoo.fitting.engine import FitInterrupted, fit_all_phases, fit_images
 from izoo.fitting.families import BatchCheckpoint, SirenFamily
 from izoo.fitting.phases import phase_settings
+from izoo.errors import IzooError
 from izoo.models import siren
 
 
@@ -206,3 +207,16 @@ def test_cosine_schedule_matches_torch():
         assert math.isclose(settings.lr_at(step), opt.param_groups[0]["lr"], rel_tol=1e-9)
         opt.step()
         sched.step()
+
+
+def test_phase_settings_from_config():
+    basic = phase_settings({"iterations": 300}, "basic")
+    assert (basic.max_steps, basic.stop_on_pass, basic.keep_best, basic.patience) == (300, False, False, None)
+    ext = phase_settings({"iterations": 300, "extended": {"factor": 1.5, "patience": 150}}, "extended")
+    assert (ext.max_steps, ext.stop_on_pass, ext.keep_best, ext.patience, ext.min_delta) == (450, True, True, 150, 0.05)
+    until = phase_settings({"until_threshold": {"cap_iterations": 1200}}, "until_threshold")
+    assert (until.max_steps, until.stop_on_pass, until.patience) == (1200, True, None)
+    with pytest.raises(IzooError, match="extended.factor"):
+        phase_settings({"extended": {"factor": 0}}, "extended")
+    with pytest.raises(IzooError, match="unknown fitting phase"):
+        phase_settings({}, "polish")

@@ -103,7 +103,14 @@ def phase_settings(fit_cfg: Mapping[str, Any] | None, phase: str) -> PhaseSettin
                              patience=None, min_delta=0.0, keep_best=False, **common)
     if phase == "extended":
         ext = cfg["extended"]
-        steps = _positive_int(ext.get("factor", 3), "extended.factor") * iterations
+        try:
+            factor = float(ext.get("factor", 3))
+        except (TypeError, ValueError):
+            factor = -1.0
+        if not factor > 0:
+            raise IzooError(f"fit.extended.factor must be a positive number (got {ext.get('factor')!r})", "config.yaml",
+                            "set fit.extended.factor to e.g. 3")
+        steps = max(1, int(round(factor * iterations)))
         return PhaseSettings(phase=phase, max_steps=steps, schedule_steps=steps, stop_on_pass=True,
                              patience=_positive_int(ext.get("patience", 300), "extended.patience"),
                              min_delta=float(ext.get("min_delta", 0.05)), keep_best=True, **common)
