@@ -70,6 +70,13 @@ def test_6d_round_trip_and_gram_schmidt():
     assert torch.allclose(torch.linalg.det(r), torch.ones(5), atol=1e-5)
 
 
+def test_compose_c2w_inverts_camera_translation():
+    pose = torch.eye(4)
+    pose[:3, :3] = random_rotations(1, 5)[0]
+    pose[:3, 3] = torch.tensor([1.0, -2.0, 3.0])
+    assert torch.allclose(pb.compose_c2w(pose[:3, :3], pb.camera_translation(pose)), pose, atol=1e-5)
+
+
 def test_summary_thresholds():
     te = torch.tensor([0.01, 0.02, 0.03, 0.04])
     re = torch.tensor([1.0, 10.0, 20.0, 40.0])
@@ -160,7 +167,8 @@ def make_nerf_archive(path, sphere, n_scenes=6):
     items = pd.DataFrame({"index": np.arange(n_scenes), "item_id": [f"scene{i}" for i in range(n_scenes)],
                           "source_id": "synthetic", "split": "all", "label": [i % 3 for i in range(n_scenes)],
                           "psnr": 30.0, "phase": "basic", "iterations": 250, "seconds": 1.0, "passed": True})
-    test_poses = np.stack([scene.poses[scene.test_views].numpy()] * n_scenes)
+    test_poses = np.full((n_scenes, 3, 4, 4), np.nan, np.float32)  # NaN-padded like the NeRF family's extras
+    test_poses[:, :2] = scene.poses[scene.test_views].numpy()
     extras = {"test_poses": test_poses, "focal": np.full((n_scenes,), scene.focal, np.float32),
               "width": np.full((n_scenes,), 16, np.int64)}
     write_inr_file(path, params, items, base_attrs("nerf", spec.to_dict(), dataset="omni", split="all"), extras)

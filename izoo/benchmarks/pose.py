@@ -4,7 +4,11 @@ Model (the paper's Fig. 4): the NeRF is queried on a 32³ grid (RGB + density) b
 LC or LP, as the 2D tokenizers), each ``4³`` volume becomes one token by a 3D convolution (kernel = stride = 4 →
 512 tokens), a ViT volume encoder (12 layers, 3 heads, 192; MAE-pretrainable) encodes them, the view becomes 2D
 patch tokens, and a fusion transformer over ``[pose token, volume tokens, image tokens]`` feeds a head that outputs
-the rotation in the continuous 6D representation (Zhou et al. 2019) and the translation (camera centre).
+the rotation in the continuous 6D representation (Zhou et al. 2019) and the translation of the world-to-camera
+transform (where the object's centre sits in the camera frame). That translation is nearly constant for look-at
+cameras, so the camera centre ``c = −R t`` follows the predicted rotation and stays at the right distance: a
+regressed centre instead collapses towards the mean of the cameras (the object's inside) when views are ambiguous,
+where a frozen-NeRF refinement gets no gradient.
 
 Data: each training pair is (scene NeRF, a view rendered from that NeRF at a sampled pose, the pose). Poses follow
 the dataset's cameras: look-at-origin cameras at the radius and within the elevation range of the poses stored with
@@ -13,7 +17,8 @@ kept scenes are split per class into *seen* (training) scenes and *unseen* (held
 of each class with at least 2 scenes, chosen by the seed; *seen* evaluation = new poses (a different random stream,
 or the scene's stored held-out poses) of training scenes, *unseen* evaluation = the same for held-out scenes.
 
-Metrics: translation error = L2 distance of camera centres (scene units × 100, "cm" when a unit is a metre),
+Metrics: translation error = L2 distance of camera centres (scene units × 100, "cm" when a unit is a metre;
+``te_cam`` = the same for the world-to-camera translation),
 rotation error = geodesic angle of ``R_predᵀ R_gt`` in degrees, RE@5/15/30 = % of views under each threshold;
 optionally after iNeRF-style refinement (``izoo.benchmarks.pose_refine``).
 """
@@ -86,6 +91,20 @@ def geodesic_rotation_error_deg(r_pred: torch.Tensor, r_gt: torch.Tensor) -> tor
     return torch.rad2deg(torch.atan2(sin, cos)).to(r_pred.dtype)
 
 
+def camera_translation(c2w: torch.Tensor) -> torch.Tensor:
+    """World-to-camera translation ``−Rᵀ c`` of camera-to-world poses ``[..., 4, 4]`` → ``[..., 3]``."""
+    return -(c2w[..., :3, :3].transpose(-1, -2) @ c2w[..., :3, 3:4]).squeeze(-1)
+
+
+def compose_c2w(rot: torch.Tensor, t_cam: torch.Tensor) -> torch.Tensor:
+    """Camera-to-world ``[..., 4, 4]`` from a rotation and a world-to-camera translation (centre ``c = −R t``)."""
+    pose = torch.zeros(*rot.shape[:-2], 4, 4, dtype=rot.dtype, device=rot.device)
+    pose[..., :3, :3] = rot
+    pose[..., :3, 3] = -(rot @ t_cam.unsqueeze(-1)).squeeze(-1)
+    pose[..., 3, 3] = 1.0
+    return pose
+
+
 def pose_errors(pred_c2w: torch.Tensor, gt_c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-view translation error (scene units) and rotation error (degrees) of camera-to-world poses ``[..., 4, 4]``."""
     te = (pred_c2w[..., :3, 3] - gt_c2w[..., :3, 3]).norm(dim=-1)
@@ -145,6 +164,7 @@ class PoseSettings:
     render_samples: int = 64
     near: float = 2.0
     far: float = 6.0
+    use_archive_rendering: bool = True    # take near/far from the archive's ``rendering`` attribute when present
     camera_radius: float = 4.0            # used when the archive stores no poses
     elevation_deg: tuple = (0.0, 65.0)     # used when the archive stores no poses
     unseen_fraction: float = 0.1
@@ -266,9 +286,9 @@ class PoseRegressor(nn.Module):
         self.head = nn.Linear(s.dim, 9)
         for p in (self.volume_pos, self.image_pos, self.pose_token):
             trunc_normal_(p, std=0.02)
-        with torch.no_grad():  # start at the identity rotation and the origin: a sane first prediction
+        with torch.no_grad():  # start at the identity rotation, object one radius ahead (cameras look down −z)
             self.head.weight.mul_(0.01)
-            self.head.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1.0, 0, 0, 0, 0]))
+            self.head.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1.0, 0, 0, 0, -1.0]))
 
     def volume_encoder_modules(self) -> list[nn.Module]:
         """The parts MAE pre-trains (tokenizer embedding, positions, volume blocks, norm)."""
@@ -283,7 +303,8 @@ class PoseRegressor(nn.Module):
 
     def forward(self, nerf: Mapping[str, torch.Tensor], spec: NerfSpec,
                 images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images`` ``[S, V, 3, h, w]`` of S scenes → rotations ``[S, V, 3, 3]``, translations ``[S, V, 3]``."""
+        """``images`` ``[S, V, 3, h, w]`` of S scenes → rotations ``[S, V, 3, 3]``, world-to-camera translations
+        ``[S, V, 3]`` (``compose_c2w`` turns them into camera-to-world poses)."""
         n_scenes, n_views = images.shape[:2]
         vol = self.encode_volume(nerf, spec)
         vol = vol.unsqueeze(1).expand(-1, n_views, -1, -1).reshape(n_scenes * n_views, *vol.shape[1:])
@@ -294,8 +315,8 @@ class PoseRegressor(nn.Module):
         out = self.head(self.norm(x[:, 0]))
         rot = rotation_6d_to_matrix(out[:, :6])
         # translation in units of the camera radius keeps the regression target O(1)
-        trans = out[:, 6:] * self.settings.camera_radius
-        return rot.view(n_scenes, n_views, 3, 3), trans.view(n_scenes, n_views, 3)
+        t_cam = out[:, 6:] * self.settings.camera_radius
+        return rot.view(n_scenes, n_views, 3, 3), t_cam.view(n_scenes, n_views, 3)
 
 
 class VolumeMAE(nn.Module):
@@ -366,7 +387,9 @@ def scene_cameras(arch: InrArchive, row: int, settings: PoseSettings) -> SceneCa
         if name in arch.extra_names:
             value = np.asarray(arch.extras(name, [row])[0], dtype=np.float32)
             if value.shape[-2:] == (4, 4):
-                poses = torch.from_numpy(value.reshape(-1, 4, 4))
+                value = value.reshape(-1, 4, 4)
+                # archives pad the held-out cameras of scenes with fewer views with NaN
+                poses = torch.from_numpy(value[np.isfinite(value).all(axis=(1, 2))])
                 break
     fov = BLENDER_FOV_X
     focal_name = next((n for n in FOCAL_EXTRAS if n in arch.extra_names), None)
@@ -445,7 +468,8 @@ def read_kept(path: str | Path | None, arch: InrArchive) -> pd.DataFrame:
                         "pass reports/kept_scenes.csv written by the scene filter")
     if "kept" in kept.columns:
         kept = kept[kept["kept"].astype(bool)]
-    merged = kept[["item_id"]].astype(str).merge(items[["item_id", "label", "row"]], on="item_id", how="left")
+    kept = kept[["item_id"]].astype(str).drop_duplicates()
+    merged = kept.merge(items[["item_id", "label", "row"]], on="item_id", how="left")
     missing = merged["row"].isna()
     if missing.any():
         raise IzooError(f"{int(missing.sum())} kept scenes are not in the archive (e.g. "
@@ -518,10 +542,8 @@ def _predict(model: PoseRegressor, arch: InrArchive, spec: NerfSpec, bank: ViewB
     out = []
     with torch.no_grad():
         for k, row in enumerate(bank.rows):
-            rot, trans = model(nerf_params(arch, [row], device), spec, bank.images[k:k + 1].to(device))
-            pose = torch.eye(4).repeat(rot.shape[1], 1, 1)
-            pose[:, :3, :3], pose[:, :3, 3] = rot[0].cpu(), trans[0].cpu()
-            out.append(pose)
+            rot, t_cam = model(nerf_params(arch, [row], device), spec, bank.images[k:k + 1].to(device))
+            out.append(compose_c2w(rot[0], t_cam[0]).cpu())
     model.train()
     return torch.stack(out)
 
@@ -560,6 +582,9 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
         raise IzooError(f"archive holds {arch.model_family} INRs, not NeRFs", arch.path,
                         "pass the OmniObject3D NeRF archive (results/omni/archive/all.h5)")
     spec = NerfSpec.from_dict(arch.attrs.get("architecture") or {})
+    rendering = arch.attrs.get("rendering") or {}
+    if s.use_archive_rendering and rendering:  # render views as the NeRFs were fitted
+        s.near, s.far = float(rendering.get("near", s.near)), float(rendering.get("far", s.far))
     kept = read_kept(kept_path, arch)
     seen, unseen = split_scenes(kept, s.unseen_fraction, seed)
     if not seen:
@@ -588,9 +613,9 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
             views = torch.stack([torch.randperm(s.bank_views, generator=gen)[:s.views_per_scene] for _ in idx])
             images = torch.stack([train_bank.images[i, v] for i, v in zip(idx, views)]).to(device)
             poses = torch.stack([train_bank.poses[i, v] for i, v in zip(idx, views)]).to(device)
-            rot, trans = model(nerf_params(arch, [seen[i] for i in idx], device), spec, images)
+            rot, t_cam = model(nerf_params(arch, [seen[i] for i in idx], device), spec, images)
             rot_loss = (rot - poses[..., :3, :3]).pow(2).sum((-1, -2)).mean()
-            trans_loss = ((trans - poses[..., :3, 3]) / s.camera_radius).pow(2).sum(-1).mean()
+            trans_loss = ((t_cam - camera_translation(poses)) / s.camera_radius).pow(2).sum(-1).mean()
             loss = s.rotation_weight * rot_loss + s.translation_weight * trans_loss
             total = loss + s.reg_weight * model.tokenizer.penalty()
             optimiser.zero_grad(set_to_none=True)
@@ -611,6 +636,8 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
         pred = _predict(model, arch, spec, bank, s, device)
         te, re = pose_errors(pred, bank.poses)
         results[split] = summarise_errors(te, re)
+        te_cam = (camera_translation(pred) - camera_translation(bank.poses)).norm(dim=-1)
+        results[split]["te_cam_mean"] = float(te_cam.mean() * 100)
         if s.refine:
             refined, gts, stats = _refine_bank(arch, spec, bank, pred, s, seed, device)
             te_r, re_r = pose_errors(refined, gts)

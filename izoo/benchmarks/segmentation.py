@@ -19,6 +19,7 @@ entropy with ignore label 255 (+ the non-close penalty for LP+reg), random horiz
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -216,16 +217,14 @@ def count_gflops(model: InrSegmenter, params_one: siren.Params, w0: float) -> di
     paper's GFLOPs column counts the INR query only for learnable tokenizers (the uniform image can be rendered
     once, without gradient); both numbers are kept so either convention can be tabulated.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            with FlopCounterMode(display=False) as query_counter:
-                images = model.tokenizer(params_one, w0)
-            with FlopCounterMode(display=False) as net_counter:
-                model.network(images)
-    finally:
-        model.train(was_training)
+    # counted on the meta device: shapes only, so paper-size inputs cost no compute and no memory
+    meta = copy.deepcopy(model).to("meta").eval()
+    params_meta = [p.detach().to("meta") for p in params_one]
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as query_counter:
+            images = meta.tokenizer(params_meta, w0)
+        with FlopCounterMode(display=False) as net_counter:
+            meta.network(images)
     network = net_counter.get_total_flops() / 1e9
     query = query_counter.get_total_flops() / 1e9
     return {"gflops_network": network, "gflops_with_query": network + query, "gflops_inr_query": query,
