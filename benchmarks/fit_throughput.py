@@ -58,28 +58,39 @@ def train_flops_per_pixel(spec: siren.SirenSpec) -> int:
     return fwd + fwd + sum(2 * i * o for i, o in dims[1:])
 
 
-def matmul_gflops(n: int = 2048, reps: int = 5, trials: int = 3) -> float:
-    """Best-of-``trials`` fp32 GFLOP/s of ``n×n @ n×n`` on the CPU."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5, trials: int = 3) -> float:
+    """Best-of-``trials`` fp32 GFLOP/s of ``n×n @ n×n`` on ``device`` (TF32 if the device allows it)."""
+    if device.type == "cuda":
+        n, reps = 8192, 20
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     best = 0.0
     for _ in range(trials):
+        _sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
             a @ b
+        _sync(device)
         best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
     return best
 
 
-def fit_one_at_a_time(images: torch.Tensor, spec: siren.SirenSpec, iterations: int) -> tuple[float, np.ndarray]:
+def fit_one_at_a_time(images: torch.Tensor, spec: siren.SirenSpec, iterations: int,
+                      device: torch.device = torch.device("cpu")) -> tuple[float, np.ndarray]:
     """Paper-style loop; returns seconds and per-image PSNR."""
     height, width = images.shape[2:]
-    coords = siren.coordinate_grid(height, width)
+    images = images.to(device)
+    coords = siren.coordinate_grid(height, width, device=device)
     init = siren.init_params(spec, [42] * len(images))
     psnrs = []
     t0 = time.perf_counter()
     for k in range(len(images)):
-        model = siren.Siren.from_params(spec, init, k)
+        model = siren.Siren.from_params(spec, init, k).to(device)
         target = siren.normalise(images[k]).reshape(3, -1).t()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations, eta_min=1e-5)
@@ -92,14 +103,17 @@ def fit_one_at_a_time(images: torch.Tensor, spec: siren.SirenSpec, iterations: i
             pred = siren.denormalise_rgb(model(coords)).clamp(0, 1)
             mse = (pred - images[k].reshape(3, -1).t()).pow(2).mean()
         psnrs.append(float(-10 * torch.log10(mse)))
+    _sync(device)
     return time.perf_counter() - t0, np.array(psnrs)
 
 
-def fit_batched_autograd(images: torch.Tensor, spec: siren.SirenSpec, iterations: int) -> tuple[float, np.ndarray]:
+def fit_batched_autograd(images: torch.Tensor, spec: siren.SirenSpec, iterations: int,
+                         device: torch.device = torch.device("cpu")) -> tuple[float, np.ndarray]:
     """Batched but plain: ``siren.forward`` over stacked params, autograd, one ``torch.optim.Adam`` (for context)."""
     height, width = images.shape[2:]
-    coords = siren.coordinate_grid(height, width)
-    params = [p.clone().requires_grad_(True) for p in siren.init_params(spec, [42] * len(images))]
+    images = images.to(device)
+    coords = siren.coordinate_grid(height, width, device=device)
+    params = [p.clone().requires_grad_(True) for p in siren.init_params(spec, [42] * len(images), device=device)]
     target = siren.normalise(images).reshape(len(images), 3, -1).transpose(1, 2)
     opt = torch.optim.Adam(params, lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations, eta_min=1e-5)
@@ -109,10 +123,11 @@ def fit_batched_autograd(images: torch.Tensor, spec: siren.SirenSpec, iterations
         (siren.forward(params, coords, spec.w0) - target).pow(2).mean(dim=(1, 2)).sum().backward()
         opt.step()
         sched.step()
+    _sync(device)
     secs = time.perf_counter() - t0
     with torch.no_grad():
         pred = siren.render(params, spec, height, width)
-    return secs, (-10 * torch.log10((pred - images).pow(2).mean(dim=(1, 2, 3)))).numpy()
+    return secs, (-10 * torch.log10((pred - images).pow(2).mean(dim=(1, 2, 3)))).cpu().numpy()
 
 
 def main() -> None:
@@ -124,29 +139,35 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--no-tf32", action="store_true", help="exact fp32 matmuls on CUDA")
     parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
     parser.add_argument("--autograd", action="store_true", help="also time batched plain autograd (context)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    device = engine.resolve_device(args.device, tf32=not args.no_tf32)
     spec = siren.SirenSpec(depth=args.depth, width=args.width)
     images = real_patches(max(args.n_batched, args.n_loop))
     pixels = images.shape[2] * images.shape[3]
     flops = train_flops_per_pixel(spec) * pixels * args.iterations
     settings = phase_settings({"iterations": args.iterations, "check_every": 50}, "basic")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)}, TF32 {'off' if args.no_tf32 else 'on'})"
+             if device.type == "cuda" else ""))
     print(f"model: SIREN {spec.depth}/{spec.width} ({spec.n_params()} params), {images.shape[2]}x{images.shape[3]} "
           f"patches of {', '.join(SAMPLE_IMAGES)}, {args.iterations} iterations, "
           f"{train_flops_per_pixel(spec)} training FLOP per pixel-step")
-    peak_before = matmul_gflops()
-    print(f"fp32 matmul 2048^3: {peak_before:.1f} GFLOP/s")
+    peak_before = matmul_gflops(device)
+    print(f"fp32 matmul reference: {peak_before:.1f} GFLOP/s")
 
     # warm-ups outside the timings: first use of torch.optim imports torch._dynamo, BLAS/OpenMP start threads
-    fit_one_at_a_time(images[:1], spec, 3)
-    fit_batched_autograd(images[:2], spec, 3)
-    engine.fit_images(images[:2], spec, phase_settings({"iterations": 3}, "basic"), seeds=[42] * 2, use_compile=False)
-    loop_s, loop_psnr = fit_one_at_a_time(images[:args.n_loop], spec, args.iterations)
+    fit_one_at_a_time(images[:1], spec, 3, device)
+    fit_batched_autograd(images[:2], spec, 3, device)
+    engine.fit_images(images[:2], spec, phase_settings({"iterations": 3}, "basic"), seeds=[42] * 2, device=device,
+                      use_compile=False)
+    loop_s, loop_psnr = fit_one_at_a_time(images[:args.n_loop], spec, args.iterations, device)
     loop_rate = args.n_loop / loop_s
     print(f"(a) one at a time: {args.n_loop} images in {loop_s:.1f} s = {loop_rate:.3f} images/s "
           f"({flops * args.n_loop / loop_s / 1e9:.1f} GFLOP/s); PSNR mean {loop_psnr.mean():.2f} min {loop_psnr.min():.2f} dB")
@@ -157,11 +178,13 @@ def main() -> None:
     for mode in modes:
         if mode == "on":
             t0 = time.perf_counter()
-            engine.fit_images(batch[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4, use_compile=True)
+            engine.fit_images(batch[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4, device=device,
+                              use_compile=True)
             print(f"    torch.compile warm-up (first use, dynamic shapes): {time.perf_counter() - t0:.1f} s"
                   + (" — FAILED, fell back to eager" if engine._Kernels.broken else ""))
         t0 = time.perf_counter()
-        res = engine.fit_images(batch, spec, settings, seeds=[42] * len(batch), use_compile=(mode == "on"))
+        res = engine.fit_images(batch, spec, settings, seeds=[42] * len(batch), device=device,
+                                use_compile=(mode == "on"))
         secs = time.perf_counter() - t0
         rate = len(batch) / secs
         rates[mode] = rate
@@ -172,12 +195,12 @@ def main() -> None:
               f"PSNR mean {res.psnr.mean():.2f} min {res.psnr.min():.2f} dB; on the loop's {args.n_loop} images "
               f"mean {same.mean():.2f} min {same.min():.2f} dB (max |ΔPSNR| vs loop {np.abs(same - loop_psnr).max():.3f} dB)")
     if args.autograd:
-        secs, psnr = fit_batched_autograd(batch, spec, args.iterations)
+        secs, psnr = fit_batched_autograd(batch, spec, args.iterations, device)
         rates["autograd"] = len(batch) / secs
         print(f"(c) batched plain autograd: {len(batch)} images in {secs:.1f} s = {rates['autograd']:.3f} images/s "
               f"({flops * len(batch) / secs / 1e9:.1f} GFLOP/s); PSNR mean {psnr.mean():.2f} min {psnr.min():.2f} dB")
-    peak_after = matmul_gflops()
-    print(f"fp32 matmul 2048^3 after: {peak_after:.1f} GFLOP/s")
+    peak_after = matmul_gflops(device)
+    print(f"fp32 matmul reference after: {peak_after:.1f} GFLOP/s")
     for mode, rate in rates.items():
         gflops = flops * rate / 1e9
         print(f"RATIO {'autograd' if mode == 'autograd' else 'compile=' + mode}: batched / one-at-a-time = {rate / loop_rate:.2f}x; "
@@ -185,7 +208,7 @@ def main() -> None:
               f"({max(peak_before, peak_after):.1f} GFLOP/s)")
     paper = 8.58
     best = max(rate for mode, rate in rates.items() if mode != "autograd")
-    print(f"CIFAR-10 (60k images) at the best batched rate: {60000 / best / 3600:.2f} h on this CPU "
+    print(f"CIFAR-10 (60k images) at the best batched rate: {60000 / best / 3600:.2f} h on this {device.type} "
           f"(paper: {paper} s/image on an RTX 2080 = {60000 * paper / 86400:.2f} GPU-days)")
     if not math.isfinite(best):
         raise SystemExit("no batched run")
