@@ -51,7 +51,7 @@ def write_manifest(out_dir: Path, dataset: str, n_items: int, shard_size: int, s
 
 def dry_run(work: Path, dataset: str, n_items: int, shard_size: int) -> tuple[int, float, int]:
     """Time ``snakemake -n datasets`` over a generated manifest; returns (shards, seconds, jobs in the DAG)."""
-    for name in ("Snakefile", "workflow", "config.yaml"):
+    for name in ("Snakefile", "workflow", "config.yaml", "envs"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     overlay = work / "overlay.yaml"

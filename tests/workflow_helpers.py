@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOW_FILES = ("Snakefile", "workflow", "config.yaml", "config", "profiles")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config.yaml", "config", "profiles", "envs")
 TINY_OVERLAY = REPO / "tests" / "workflow" / "tiny.yaml"
 
 

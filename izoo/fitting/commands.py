@@ -41,15 +41,10 @@ def parse_dataset_config(text: str) -> dict[str, Any]:
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """``results/{ds}/manifest.csv`` with its columns checked."""
-    path = Path(path)
-    if not path.exists():
-        raise IzooError("manifest is missing", path, "run izoo manifest (the workflow's manifest rule) first")
-    manifest = pd.read_csv(path, dtype={"item_id": str, "source_id": str, "split": str, "shard": str})
-    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise IzooError(f"manifest lacks columns {missing}", path, "rebuild it with izoo manifest")
-    return manifest
+    """``results/{ds}/manifest.csv``, read by its owner ``izoo.datasets.load_manifest`` (columns checked)."""
+    from izoo.datasets import load_manifest
+
+    return load_manifest(path)
 
 
 def sample_loader(dataset_cfg: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]:

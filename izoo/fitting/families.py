@@ -167,17 +167,25 @@ class SirenFamily:
         return {k: p.numpy() for k, p in zip(self.param_names(), params)}
 
     def extras(self, samples: Sequence[Any]) -> dict[str, np.ndarray]:
-        """``label_map`` ``[n, H, W]`` uint8 when the samples carry one (segmentation)."""
-        maps = [getattr(s, "label_map", None) for s in samples]
-        if all(m is None for m in maps):
-            return {}
-        if any(m is None for m in maps):
-            raise IzooError("some items of a batch have a label map and others do not", None,
-                            "check the dataset reader: every item of a segmentation dataset needs a label map")
-        arrays = [np.asarray(m.numpy() if isinstance(m, torch.Tensor) else m, dtype=np.uint8) for m in maps]
-        if len({a.shape for a in arrays}) > 1:
-            raise IzooError("label maps of one batch differ in size", None, "resize label maps to one size per dataset")
-        return {"label_map": np.stack(arrays)}
+        """Per-item arrays stored under ``/extras``: ``label_map`` and any ``Sample.extras`` (e.g. ``label_map_coarse``)."""
+        per_item = []
+        for s in samples:
+            arrays = dict(getattr(s, "extras", None) or {})
+            if getattr(s, "label_map", None) is not None:
+                arrays["label_map"] = s.label_map
+            per_item.append(arrays)
+        names = set().union(*per_item) if per_item else set()
+        out: dict[str, np.ndarray] = {}
+        for name in sorted(names):
+            if any(name not in arrays for arrays in per_item):
+                raise IzooError(f"some items of a batch have extra {name!r} and others do not", None,
+                                "check the dataset reader: every item of a dataset needs the same extras")
+            values = [np.asarray(a[name].numpy() if isinstance(a[name], torch.Tensor) else a[name]) for a in per_item]
+            if len({v.shape for v in values}) > 1:
+                raise IzooError(f"extra {name!r} differs in size within one batch", None,
+                                "resize label maps to one size per dataset")
+            out[name] = np.stack(values).astype(np.uint8) if name.startswith("label_map") else np.stack(values)
+        return out
 
     # ----- fitting
     def fit_batch(self, samples: Sequence[Any], init_params: Mapping[str, np.ndarray] | None, seeds: Sequence[int],
