@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -45,8 +44,8 @@ from torch import nn
 
 from izoo.archive.reader import InrArchive, open_archive
 from izoo.benchmarks.pose_refine import RefineSettings, refine_pose
-from izoo.benchmarks.segmentation import (_load_json, _is_file, _fmt, _mean_std, read_runs, resolve_device,
-                                          table_markdown, write_json, write_table)
+from izoo.benchmarks.segmentation import (format_mean_std, is_json_file, load_json_object, mean_std, read_runs, resolve_device,
+                                          write_json, write_table)
 from izoo.benchmarks.tokenizers import non_close_penalty
 from izoo.errors import IzooError
 from izoo.nerf.model import NerfSpec, query
@@ -175,11 +174,11 @@ class PoseSettings:
     @classmethod
     def from_json(cls, text_or_path: str | None) -> "PoseSettings":
         """Settings from a JSON string or file (unknown keys are an error naming them)."""
-        raw = _load_json(text_or_path)
+        raw = load_json_object(text_or_path)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise IzooError(f"unknown pose settings {unknown}", text_or_path if _is_file(text_or_path) else None,
+            raise IzooError(f"unknown pose settings {unknown}", text_or_path if is_json_file(text_or_path) else None,
                             f"use only {sorted(known)}")
         if "elevation_deg" in raw:
             raw["elevation_deg"] = tuple(raw["elevation_deg"])
@@ -686,11 +685,11 @@ def pose_table(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             recs = [r[split] for r in group if r.get(split)]
             for key, name in (("te_mean", "TE"), ("re_mean", "RE"), ("re@5", "RE@5"), ("re@15", "RE@15"),
                               ("re@30", "RE@30")):
-                stats = _mean_std([x[key] for x in recs])
-                row[f"{split}_{name}"] = _fmt(*stats)
+                stats = mean_std([x[key] for x in recs])
+                row[f"{split}_{name}"] = format_mean_std(*stats)
                 row[f"{split}_{name}_mean"] = stats[0]
-            ref = _mean_std([x["refined"]["re_mean"] for x in recs if x.get("refined")])
-            row[f"{split}_RE+Ref"] = _fmt(*ref)
+            ref = mean_std([x["refined"]["re_mean"] for x in recs if x.get("refined")])
+            row[f"{split}_RE+Ref"] = format_mean_std(*ref)
             row[f"{split}_RE+Ref_mean"] = ref[0]
         rows.append(row)
     return pd.DataFrame(rows)

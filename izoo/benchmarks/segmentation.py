@@ -82,28 +82,29 @@ class SegSettings:
     @classmethod
     def from_json(cls, text_or_path: str | None) -> "SegSettings":
         """Settings from a JSON string or file (unknown keys are an error naming them)."""
-        raw = _load_json(text_or_path)
+        raw = load_json_object(text_or_path)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise IzooError(f"unknown segmentation settings {unknown}", text_or_path if _is_file(text_or_path) else None,
+            raise IzooError(f"unknown segmentation settings {unknown}", text_or_path if is_json_file(text_or_path) else None,
                             f"use only {sorted(known)}")
         return cls(**raw)
 
 
-def _is_file(text_or_path: str | None) -> bool:
+def is_json_file(text_or_path: str | None) -> bool:
+    """Whether a settings argument names an existing file (rather than holding inline JSON)."""
     return bool(text_or_path) and not str(text_or_path).lstrip().startswith("{") and Path(str(text_or_path)).exists()
 
 
-def _load_json(text_or_path: str | None) -> dict:
+def load_json_object(text_or_path: str | None) -> dict:
     """A JSON object from a string or a file path (empty for None)."""
     if not text_or_path:
         return {}
     try:
-        text = Path(text_or_path).read_text() if _is_file(text_or_path) else str(text_or_path)
+        text = Path(text_or_path).read_text() if is_json_file(text_or_path) else str(text_or_path)
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise IzooError(f"settings are not valid JSON ({exc})", text_or_path if _is_file(text_or_path) else None,
+        raise IzooError(f"settings are not valid JSON ({exc})", text_or_path if is_json_file(text_or_path) else None,
                         "pass a JSON object, e.g. '{\"steps\": 100}'") from exc
     if not isinstance(raw, dict):
         raise IzooError("settings must be a JSON object", None, "pass e.g. '{\"steps\": 100}'")
@@ -357,14 +358,16 @@ def write_json(record: Mapping[str, Any], path: str | Path) -> None:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def _mean_std(values: Sequence[float | None], scale: float = 1.0) -> tuple[float, float, int]:
+def mean_std(values: Sequence[float | None], scale: float = 1.0) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one value) and count of the finite values, each times ``scale``."""
     vals = [v * scale for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return math.nan, math.nan, 0
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
 
 
-def _fmt(mean: float, std: float, n: int) -> str:
+def format_mean_std(mean: float, std: float, n: int) -> str:
+    """``mean ± std`` with 2 decimals (just the mean for one seed, an en dash for none)."""
     if n == 0:
         return "–"
     return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
@@ -393,8 +396,8 @@ def segmentation_table(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     order = {k: i for i, k in enumerate(SEG_TOKENIZERS)}
     for tok in sorted({r["tokenizer"] for r in runs}, key=lambda t: order.get(t, 99)):
         group = [r for r in runs if r["tokenizer"] == tok]
-        fine = _mean_std([r.get("miou_fine") for r in group], 100)
-        coarse = _mean_std([r.get("miou_coarse") for r in group], 100)
+        fine = mean_std([r.get("miou_fine") for r in group], 100)
+        coarse = mean_std([r.get("miou_coarse") for r in group], 100)
         rows.append({
             "method": f"SegFormer-B0 ({group[0]['settings']['encoder']})" + ("" if tok == "uniform" else
                                                                                f" + {DISPLAY_NAMES[tok]}"),
@@ -406,7 +409,7 @@ def segmentation_table(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "gflops_with_query": float(np.mean([r["gflops_with_query"] for r in group])),
             "miou_fine_mean": fine[0], "miou_fine_std": fine[1],
             "miou_coarse_mean": coarse[0], "miou_coarse_std": coarse[1],
-            "miou_fine": _fmt(*fine), "miou_coarse": _fmt(*coarse),
+            "miou_fine": format_mean_std(*fine), "miou_coarse": format_mean_std(*coarse),
             "resolution": f"{group[0]['settings']['height']}×{group[0]['settings']['width']}",
             "steps": group[0]["settings"]["steps"],
         })
