@@ -132,3 +132,13 @@ def test_local_checkpoint_loads(tmp_path):
     torch.save(full.state_dict(), ckpt)
     enc = seg.build_encoder(tiny_settings(pretrained_checkpoint=str(ckpt)))
     assert torch.equal(enc.state_dict()["patch_embed.proj.weight"], full.state_dict()["patch_embed.proj.weight"])
+
+
+def test_gflops_of_the_inr_query_match_the_siren_layer_sizes():
+    spec = siren.SirenSpec(depth=3, width=16)
+    model = seg.InrSegmenter(tiny_settings(), "lc")
+    flops = seg.count_gflops(model, siren.init_params(spec, [0]), spec.w0)
+    assert flops["gflops_inr_query"] * 1e9 == pytest.approx(spec.flops_per_pixel() * 32 * 64)
+    assert flops["gflops_paper_convention"] == pytest.approx(flops["gflops_with_query"])
+    uniform = seg.count_gflops(seg.InrSegmenter(tiny_settings(), "uniform"), siren.init_params(spec, [0]), spec.w0)
+    assert uniform["gflops_paper_convention"] == pytest.approx(uniform["gflops_network"])
