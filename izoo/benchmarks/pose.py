@@ -141,7 +141,7 @@ class PoseSettings:
     epochs: int = 100
     scenes_per_batch: int = 8
     views_per_scene: int = 24
-    bank_views: int = 96        # rendered training views per training scene (a fixed bank, rendered once)
+    bank_views: int = 96        # rendered training views per training scene (a fixed bank, rendered once, uint8)
     eval_views: int = 8         # evaluation views per scene (seen and unseen)
     lr: float = 1e-4
     lr_pretrained: float = 1e-5
@@ -421,9 +421,14 @@ def nerf_params(arch: InrArchive, rows: Sequence[int], device: torch.device) -> 
     return {name: t.to(device) for name, t in zip(arch.param_names, arch.params_batch(list(rows)))}
 
 
+def as_float(images_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 bank images → float in [0, 1] on ``device``."""
+    return images_u8.to(device).float() / 255.0
+
+
 @dataclass
 class ViewBank:
-    """Rendered views of some scenes: ``images`` ``[S, V, 3, h, w]``, ``poses`` ``[S, V, 4, 4]`` (camera-to-world)."""
+    """Rendered views of some scenes: ``images`` ``[S, V, 3, h, w]`` uint8, ``poses`` ``[S, V, 4, 4]`` (camera-to-world)."""
 
     rows: list[int]
     images: torch.Tensor
@@ -446,7 +451,8 @@ def render_bank(arch: InrArchive, spec: NerfSpec, rows: Sequence[int], n_views: 
         nerf = nerf_params(arch, [row], device)
         views = render_views(nerf, spec, chosen.to(device).unsqueeze(0), size, size, focal, settings.near,
                              settings.far, settings.render_samples, settings.chunk_rays)[0]
-        images.append(views.permute(0, 3, 1, 2).cpu())
+        # 8-bit like the dataset's PNGs: 5,287 scenes × 96 views × 128² stay at 25 GB instead of 100 GB of float32
+        images.append((views.permute(0, 3, 1, 2).clamp(0, 1) * 255).round().to(torch.uint8).cpu())
         poses.append(chosen)
         focals.append(focal)
     return ViewBank(list(rows), torch.stack(images), torch.stack(poses), torch.tensor(focals))
@@ -541,7 +547,7 @@ def _predict(model: PoseRegressor, arch: InrArchive, spec: NerfSpec, bank: ViewB
     out = []
     with torch.no_grad():
         for k, row in enumerate(bank.rows):
-            rot, t_cam = model(nerf_params(arch, [row], device), spec, bank.images[k:k + 1].to(device))
+            rot, t_cam = model(nerf_params(arch, [row], device), spec, as_float(bank.images[k:k + 1], device))
             out.append(compose_c2w(rot[0], t_cam[0]).cpu())
     model.train()
     return torch.stack(out)
@@ -556,7 +562,7 @@ def _refine_bank(arch: InrArchive, spec: NerfSpec, bank: ViewBank, pred: torch.T
     pairs = [(k, v) for k in range(len(bank.rows)) for v in range(bank.poses.shape[1])][:s.refine_max_views]
     for k, v in pairs:
         nerf = nerf_params(arch, [bank.rows[k]], device)
-        target = bank.images[k, v].permute(1, 2, 0).to(device)
+        target = as_float(bank.images[k, v].permute(1, 2, 0), device)
         pose, losses = refine_pose(nerf, spec, target, pred[k, v].to(device), float(bank.focal[k]), rs,
                                    seed=seed + k * 1000 + v)
         refined.append(pose.cpu())
@@ -610,7 +616,7 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
         for b in range(0, len(order), s.scenes_per_batch):
             idx = sorted(order[b:b + s.scenes_per_batch])
             views = torch.stack([torch.randperm(s.bank_views, generator=gen)[:s.views_per_scene] for _ in idx])
-            images = torch.stack([train_bank.images[i, v] for i, v in zip(idx, views)]).to(device)
+            images = as_float(torch.stack([train_bank.images[i, v] for i, v in zip(idx, views)]), device)
             poses = torch.stack([train_bank.poses[i, v] for i, v in zip(idx, views)]).to(device)
             rot, t_cam = model(nerf_params(arch, [seen[i] for i in idx], device), spec, images)
             rot_loss = (rot - poses[..., :3, :3]).pow(2).sum((-1, -2)).mean()
