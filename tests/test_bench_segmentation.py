@@ -142,3 +142,18 @@ def test_gflops_of_the_inr_query_match_the_siren_layer_sizes():
     assert flops["gflops_paper_convention"] == pytest.approx(flops["gflops_with_query"])
     uniform = seg.count_gflops(seg.InrSegmenter(tiny_settings(), "uniform"), siren.init_params(spec, [0]), spec.w0)
     assert uniform["gflops_paper_convention"] == pytest.approx(uniform["gflops_network"])
+
+
+def test_zoom_crop_in_weight_space_is_exact():
+    spec = siren.SirenSpec(depth=3, width=16)
+    params = siren.init_params(spec, [3, 4])
+    labels = torch.arange(32, dtype=torch.long).reshape(1, 4, 8).repeat(2, 1, 1)
+    ratio = torch.tensor([2.0, 1.0])
+    offset = torch.tensor([[-0.5, -0.5], [0.0, 0.0]])  # item 0: the top-left quadrant, 2× larger
+    zoomed, zlabels = seg.zoom_crop(params, labels, ratio, offset)
+    grid = siren.coordinate_grid(4, 8)
+    expect = siren.forward(params, grid[None] / ratio[:, None, None] + offset[:, None, :], spec.w0)
+    assert torch.allclose(siren.forward(zoomed, grid, spec.w0), expect, atol=1e-5)
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(8), indexing="ij")
+    assert torch.equal(zlabels[0], labels[0][rows // 2, cols // 2])
+    assert torch.equal(zlabels[1], labels[1])

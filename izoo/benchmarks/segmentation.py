@@ -12,7 +12,8 @@ Model = tokenizer → hierarchical encoder → all-MLP decoder:
 
 Training (SPEC §4): AdamW, lr 1e-4 (tokenizer 1e-5), polynomial decay with power 1, 40k steps, batch 16, cross
 entropy with ignore label 255 (+ the non-close penalty for LP+reg), random horizontal flips done in weight space
-(negating the x column of the first layer mirrors the INR exactly). mIoU over the 19 train ids on fine labels
+(negating the x column of the first layer mirrors the INR exactly) and random resize-and-crop (zoom 1–2×, also
+exact in weight space, SegFormer's recipe without its zoom-out). mIoU over the 19 train ids on fine labels
 (``label_map``) and on coarse labels when the archive has ``label_map_coarse``.
 """
 
@@ -69,6 +70,7 @@ class SegSettings:
     poly_power: float = 1.0
     reg_weight: float = 1.0
     hflip: bool = True
+    zoom_range: tuple = (1.0, 2.0)  # random resize ratio + crop (SegFormer's recipe, zoom-in only; (1, 1) = off)
     encoder: str = "pvt_v2_b0"
     encoder_kwargs: dict = field(default_factory=dict)  # e.g. smaller depths/embed_dims for tests
     decoder_dim: int = 256
@@ -88,6 +90,8 @@ class SegSettings:
         if unknown:
             raise IzooError(f"unknown segmentation settings {unknown}", text_or_path if is_json_file(text_or_path) else None,
                             f"use only {sorted(known)}")
+        if "zoom_range" in raw:
+            raw["zoom_range"] = tuple(raw["zoom_range"])
         return cls(**raw)
 
 
@@ -206,6 +210,25 @@ def hflip_params(params: siren.Params, flip: torch.Tensor) -> siren.Params:
     return [w] + list(params[1:])
 
 
+def zoom_crop(params: siren.Params, labels: torch.Tensor, ratio: torch.Tensor, offset: torch.Tensor
+              ) -> tuple[siren.Params, torch.Tensor]:
+    """Resize by ``ratio`` ``[B]`` (≥ 1) and crop at ``offset`` ``[B, 2]``, exactly, in weight space.
+
+    The crop shows original coordinates ``x / r + t``; since ``W (x / r + t) + b = (W / r) x + (b + W t)`` the first
+    layer becomes ``(W / r, b + W t)``. Label maps are resampled at the same coordinates (nearest neighbour; pixel
+    centres as ``siren.coordinate_grid``). Zoom-out (r < 1) is not offered: it would query the INR outside the
+    (-1, 1) square it was fitted on.
+    """
+    w, b = params[0], params[1]
+    new_w = w / ratio[:, None, None]
+    new_b = b + torch.einsum("boi,bi->bo", w, offset)
+    height, width = labels.shape[-2:]
+    grid = siren.coordinate_grid(height, width, device=labels.device).reshape(1, height, width, 2)
+    grid = grid / ratio[:, None, None, None] + offset[:, None, None, :]
+    resampled = F.grid_sample(labels[:, None].float(), grid, mode="nearest", align_corners=False)
+    return [new_w, new_b] + list(params[2:]), resampled[:, 0].round().long()
+
+
 def count_params(module: nn.Module) -> int:
     """Trainable parameters (learnable tokenizer coordinates included)."""
     return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
@@ -312,6 +335,14 @@ def train_segmentation(train_path: str | Path, test_path: str | Path, tokenizer:
             flip = torch.rand(target.shape[0], generator=gen) < 0.5
             params = hflip_params(params, flip.to(device))
             target = torch.where(flip.to(device)[:, None, None], target.flip(-1), target)
+        lo, hi = settings.zoom_range
+        if hi > 1.0:
+            if lo < 1.0:
+                raise IzooError(f"zoom_range {settings.zoom_range} zooms out", None,
+                                "use ratios >= 1 (zoom-out would query the INR outside its domain)")
+            ratio = lo + (hi - lo) * torch.rand(target.shape[0], generator=gen)
+            offset = (torch.rand(target.shape[0], 2, generator=gen) * 2 - 1) * (1 - 1 / ratio[:, None])
+            params, target = zoom_crop(params, target, ratio.to(device), offset.to(device))
         logits = model(params, w0)
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         loss = criterion(logits, target)
