@@ -83,6 +83,10 @@ def _fill_family_defaults(ds: dict) -> None:
         ds.update(merged)
 
 
+#: 3D tokenizers of the pose benchmark (izoo.benchmarks.pose)
+POSE_TOKENIZERS = {"uniform", "lc", "lp", "lp_reg"}
+
+
 def _check_cross_fields(config: dict, source: str) -> None:
     """Checks JSON schema cannot express: references between sections and ordered values."""
     for name, ds in config["datasets"].items():
@@ -95,6 +99,10 @@ def _check_cross_fields(config: dict, source: str) -> None:
                             "rename the dataset key (it becomes part of file paths)")
     for name, bench in config.get("benchmarks", {}).items():
         ds = bench["dataset"]
+        if bench["task"] == "pose" and not set(bench["tokenizers"]) <= POSE_TOKENIZERS:
+            raise IzooError(f"benchmarks.{name}.tokenizers has {sorted(set(bench['tokenizers']) - POSE_TOKENIZERS)}, "
+                            "which the 3D pose benchmark does not have", source,
+                            f"use only {sorted(POSE_TOKENIZERS)} for task: pose")
         if ds not in config["datasets"]:
             raise IzooError(f"benchmarks.{name}.dataset names unknown dataset {ds!r}", source,
                             f"use one of {sorted(config['datasets'])}")

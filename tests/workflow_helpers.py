@@ -34,10 +34,10 @@ def workflow_env() -> dict[str, str]:
 
 
 def snakemake_cmd(*args: str, profile: str = "local", overlays: tuple[Path, ...] = (TINY_OVERLAY,)) -> list[str]:
-    """The command line of a Snakemake run with the demo config plus ``overlays``."""
+    """The command line of a Snakemake run with the demo config plus ``overlays`` (``args``: targets, flags)."""
     configfiles = ["config/demo.yaml", *[str(p) for p in overlays]]
-    return [sys.executable, "-m", "snakemake", "--profile", f"profiles/{profile}", "--configfile", *configfiles, "--", *args] \
-        if args else [sys.executable, "-m", "snakemake", "--profile", f"profiles/{profile}", "--configfile", *configfiles]
+    # targets and flags go before --configfile, which swallows every word after it
+    return [sys.executable, "-m", "snakemake", "--profile", f"profiles/{profile}", *args, "--configfile", *configfiles]
 
 
 def run_snakemake(work: Path, *args: str, timeout: float = 900, check: bool = True, **kwargs) -> subprocess.CompletedProcess:

@@ -42,18 +42,19 @@ rule bench_pose:
         archive=lambda w: f"{R}/{bench_cfg(w.bench)['dataset']}/archive/all.h5",
         kept=lambda w: f"{R}/{bench_cfg(w.bench)['dataset']}/reports/kept_scenes.csv",
     output:
-        f"{R}/benchmarks/{{bench}}/pose-seed{{seed}}.json",
+        f"{R}/benchmarks/{{bench}}/pose-{{tokenizer}}-seed{{seed}}.json",
     wildcard_constraints:
+        tokenizer="uniform|lc|lp|lp_reg",
         seed=r"\d+",
     params:
         settings=lambda w: bench_settings(w.bench),
     log:
-        f"{L}/benchmarks/{{bench}}/pose-seed{{seed}}.log",
+        f"{L}/benchmarks/{{bench}}/pose-{{tokenizer}}-seed{{seed}}.log",
     conda:
         "../../envs/izoo.yaml"
     shell:
         "izoo bench-pose --archive {input.archive} --kept {input.kept} --settings {params.settings:q}"
-        " --seed {wildcards.seed} --out {output} > {log} 2>&1"
+        " --tokenizer {wildcards.tokenizer} --seed {wildcards.seed} --out {output} > {log} 2>&1"
 
 
 rule bench_table:

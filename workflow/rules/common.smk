@@ -137,7 +137,7 @@ def bench_cfg(name):
 def bench_runs(name):
     b = bench_cfg(name)
     if b["task"] == "pose":
-        return [f"{R}/benchmarks/{name}/pose-seed{seed}.json" for seed in b["seeds"]]
+        return [f"{R}/benchmarks/{name}/pose-{tok}-seed{seed}.json" for tok in b["tokenizers"] for seed in b["seeds"]]
     return [f"{R}/benchmarks/{name}/{tok}-seed{seed}.json" for tok in b["tokenizers"] for seed in b["seeds"]]
 
 
