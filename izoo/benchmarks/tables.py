@@ -107,7 +107,7 @@ def plot_token_groups(run: Mapping[str, Any], out_png: str | Path) -> Path:
     colours = plt.get_cmap("tab20")(((token * 7) % 20) / 19.0)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
     for axis, (title, xy) in zip(axes, panels):
-        axis.scatter(xy[..., 0].ravel(), xy[..., 1].ravel(), c=colours.reshape(-1, 4), s=max(1.0, 2400.0 / (height * width)),
+        axis.scatter(xy[..., 0].ravel(), xy[..., 1].ravel(), c=colours.reshape(-1, 4), s=max(1.0, 9000.0 / (height * width)),
                      linewidths=0)
         axis.set_xlim(-1.05, 1.05)
         axis.set_ylim(1.05, -1.05)  # image convention: y grows downwards
