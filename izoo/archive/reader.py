@@ -295,7 +295,7 @@ class InrArchive(Dataset):
         """Render items back to images ``[B, C, H, W]`` in [0, 1] at any resolution (family's registered renderer)."""
         if self.model_family not in RENDERERS:
             raise IzooError(f"no renderer registered for model family {self.model_family!r}", self.path,
-                            f"import the module that registers it (izoo.archive.reader.register_renderer)")
+                            "import the module that registers it (izoo.archive.reader.register_renderer)")
         rows = self._rows(indices)
         rows = np.arange(len(self))[rows] if isinstance(rows, slice) else rows
         return RENDERERS[self.model_family](self, rows, int(height), int(width))

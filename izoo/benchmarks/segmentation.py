@@ -44,6 +44,7 @@ from izoo.benchmarks.seg_metrics import (CITYSCAPES_CLASSES, IGNORE_INDEX, confu
                                          mean_iou, pixel_accuracy)
 from izoo.benchmarks.tokenizers import CoordinateTokenizer, DISPLAY_NAMES, describe
 from izoo.errors import IzooError
+from izoo.jsonargs import json_file_of, load_json_object
 from izoo.models import siren
 
 log = logging.getLogger(__name__)
@@ -96,23 +97,8 @@ class SegSettings:
 
 
 def is_json_file(text_or_path: str | None) -> bool:
-    """Whether a settings argument names an existing file (rather than holding inline JSON)."""
-    return bool(text_or_path) and not str(text_or_path).lstrip().startswith("{") and Path(str(text_or_path)).exists()
-
-
-def load_json_object(text_or_path: str | None) -> dict:
-    """A JSON object from a string or a file path (empty for None)."""
-    if not text_or_path:
-        return {}
-    try:
-        text = Path(text_or_path).read_text() if is_json_file(text_or_path) else str(text_or_path)
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IzooError(f"settings are not valid JSON ({exc})", text_or_path if is_json_file(text_or_path) else None,
-                        "pass a JSON object, e.g. '{\"steps\": 100}'") from exc
-    if not isinstance(raw, dict):
-        raise IzooError("settings must be a JSON object", None, "pass e.g. '{\"steps\": 100}'")
-    return raw
+    """Whether a settings argument names a file (rather than holding inline JSON)."""
+    return json_file_of(text_or_path) is not None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -3,40 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from izoo.errors import IzooError
+from izoo.jsonargs import load_json_object
 
 log = logging.getLogger(__name__)
 
 
 def _read_dataset_config(value: str) -> dict[str, Any]:
     """A dataset config from a JSON string or a JSON/YAML file path."""
-    path = Path(value)
-    if not value.lstrip().startswith("{") and path.is_file():
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            doc = yaml.safe_load(text)
-        else:
-            try:
-                doc = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise IzooError(f"not valid JSON ({exc})", path, "pass the dataset config as JSON") from None
-    else:
-        try:
-            doc = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise IzooError(f"--dataset-config is neither a file nor valid JSON ({exc})", None,
-                            "pass the dataset's config section as JSON, or a path to a JSON/YAML file") from None
-    if not isinstance(doc, dict):
-        raise IzooError("--dataset-config must be a JSON object", None, "pass the dataset's config section")
-    return doc
+    return load_json_object(value, "--dataset-config", "one entry of config.yaml's datasets:")
 
 
 def split_dataset_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], int | None]:

@@ -8,36 +8,22 @@ stderr); 75 stopped early by SIGTERM/SIGUSR1 or ``--runtime-minutes`` with progr
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pandas as pd
 
 from izoo.errors import IzooError
+from izoo.jsonargs import load_json_object
 from izoo.fitting import engine, refine
 from izoo.fitting.phases import PHASES
 from izoo.fitting.progress import emit
-from izoo.fitting.shard import EXIT_INTERRUPTED, MANIFEST_COLUMNS, StopControl, fit_shard
+from izoo.fitting.shard import EXIT_INTERRUPTED, StopControl, fit_shard
 
 
 def parse_dataset_config(text: str) -> dict[str, Any]:
     """The ``--dataset-config`` JSON string (or ``@file.json``) as a dict."""
-    source = "--dataset-config"
-    if text.startswith("@"):
-        source = text[1:]
-        try:
-            text = Path(source).read_text()
-        except OSError as exc:
-            raise IzooError(f"cannot read dataset config ({exc.strerror})", source, "pass an existing JSON file") from exc
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IzooError(f"dataset config is not valid JSON ({exc.msg} at char {exc.pos})", source,
-                        "pass one entry of config.yaml's datasets: as a JSON string") from exc
-    if not isinstance(cfg, dict):
-        raise IzooError("dataset config must be a JSON object", source, "pass one entry of datasets: as a JSON object")
-    return cfg
+    return load_json_object(text, "--dataset-config", "one entry of config.yaml's datasets:")
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
