@@ -42,7 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATASET = "demo_cifar10"
 PROFILE_ARGS = ["--profile", "profiles/slurm", "--workflow-profile", "tests/slurm/overlay"]
 TARGET = "datasets"
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "config", "profiles", "tests/slurm")
+# Everything at the top of the repository is copied into a run's directory except these (code is
+# the installed izoo package; run outputs must start empty); tests/slurm brings the overlay.
+NOT_COPIED = {".git", ".venv", ".ci", ".snakemake", ".pytest_cache", "__pycache__", "izoo", "izoo.egg-info",
+              "tests", "docs", "results", "work", "logs", "data"}
 FIT_RULES = ("fit_basic", "fit_extended", "fit_until_threshold")
 # Lines of `izoo fit` (izoo/fitting/shard.py) in logs/{ds}/fit_basic/{shard}.log.
 BATCH_LINE = re.compile(r"izoo-fit: batch (\d+)/(\d+) (fitted|reused from work dir)")
@@ -53,13 +56,15 @@ RUN_TIMEOUT_S = 420
 def _copy_workflow(dst: Path) -> Path:
     """A private copy of the workflow (results/work/logs land there, not in the repository)."""
     dst.mkdir(parents=True)
-    for name in WORKFLOW_FILES:
-        src = REPO / name
+    ignore = shutil.ignore_patterns("__pycache__", ".snakemake")
+    for src in REPO.iterdir():
+        if src.name in NOT_COPIED:
+            continue
         if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "toy"))
+            shutil.copytree(src, dst / src.name, ignore=ignore)
         else:
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / name)
+            shutil.copy2(src, dst / src.name)
+    shutil.copytree(REPO / "tests" / "slurm", dst / "tests" / "slurm", ignore=shutil.ignore_patterns("toy"))
     return dst
 
 
@@ -104,6 +109,7 @@ def time_limit_minutes(value: str) -> float:
 def fitter_pids(workdir: Path, job_workdir: str) -> list[int]:
     """PIDs of the `izoo fit` processes of one job (by its --workdir) running in ``workdir``."""
     pids = []
+    workdir_path = os.path.realpath(workdir)
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -113,10 +119,19 @@ def fitter_pids(workdir: Path, job_workdir: str) -> list[int]:
         except OSError:
             continue
         args = [a.decode(errors="replace") for a in argv]
-        if "fit" in args and "--workdir" in args and cwd == str(workdir):
+        if "fit" in args and "--workdir" in args and cwd == workdir_path:
             if args[args.index("--workdir") + 1] == job_workdir and any(a.endswith("izoo") for a in args[:2]):
                 pids.append(int(proc.name))
     return pids
+
+
+def process_start_time(pid: int) -> float:
+    """When a process started (epoch seconds), from /proc/<pid>/stat and the boot time in /proc/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime "))
+    # fields[0] is field 3 (state) of proc(5); starttime is field 22.
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -149,8 +164,12 @@ def _slurm_jobs_of_shard(cluster: SlurmCluster, log_text: str, shard: str) -> li
 
 
 def _pick_running_shard(cluster: SlurmCluster, run: Run, log_path: Path,
-                        exclude: set[str]) -> tuple[str, str, list[tuple[int, int, str]]] | None:
-    """A running fit_basic job whose current attempt fitted >= 1 batch and has >= 2 batches still to go."""
+                        exclude: set[str]) -> tuple[str, str, list[int]] | None:
+    """A running fit_basic job whose fitter fitted >= 1 batch and has >= 2 batches still to go.
+
+    Returns (shard, SLURM job id, fitter PIDs). The fitter must be alive and must have written the
+    log itself: a resubmitted job may be RUNNING while the shard's log still holds an earlier attempt.
+    """
     shards_file = run.workdir / "results" / DATASET / "shards.json"
     if not shards_file.exists() or "SLURM run ID" not in log_path.read_text(errors="replace"):
         return None
@@ -165,8 +184,13 @@ def _pick_running_shard(cluster: SlurmCluster, run: Run, log_path: Path,
             continue
         running = [j for j in _slurm_jobs_of_shard(cluster, log_path.read_text(errors="replace"), shard)
                    if j["JobState"] == "RUNNING"]
-        if running:
-            return shard, running[-1]["JobId"], events
+        pids = fitter_pids(run.workdir, f"work/{DATASET}/basic/{shard}") if running else []
+        try:
+            fresh = bool(pids) and run.fit_log(shard).stat().st_mtime >= min(map(process_start_time, pids))
+        except (OSError, StopIteration):
+            fresh = False
+        if fresh:
+            return shard, running[-1]["JobId"], pids
     return None
 
 
@@ -201,14 +225,11 @@ def _interrupted_run(cluster: SlurmCluster, run: Run) -> None:
                              "snakemake-B2.log")
     second_log = run.workdir / "snakemake-B2.log"
     try:
-        shard, job_id, events = _wait_for(
+        shard, job_id, pids = _wait_for(
             "a fitting job of the rerun with a finished batch",
             lambda: _pick_running_shard(cluster, run, second_log, {run.notes["cancelled"]["shard"]}),
             timeout=300, alive=second,
         )
-        job_workdir = f"work/{DATASET}/basic/{shard}"
-        pids = fitter_pids(run.workdir, job_workdir)
-        assert pids, f"no izoo fit process found for {shard}"
         # Freeze the fitter so it cannot finish first, then shrink the job's limit below its elapsed
         # time: SLURM itself ends the job with TIMEOUT (SIGTERM, then SIGKILL after KillWait).
         for pid in pids:
