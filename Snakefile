@@ -53,6 +53,7 @@ localrules:
     filter_scenes,
     summary,
     bench_table,
+    bench_classify_table,
 
 
 onsuccess:

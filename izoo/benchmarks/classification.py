@@ -34,6 +34,7 @@ from izoo.atomic import atomic_path
 from izoo.benchmarks.augment import OPS, RandAugmentINR, query_augmented
 from izoo.benchmarks.tokenizers import TOKENIZERS, CoordinateTokenizer, describe
 from izoo.errors import IzooError
+from izoo.jsonargs import json_file_of, load_json_object
 from izoo.models import siren
 
 log = logging.getLogger(__name__)
@@ -79,20 +80,8 @@ class ClassificationSettings:
         """Settings from a JSON string, a path to a JSON file, or a dict; unknown keys are an error."""
         if text_or_path is None or text_or_path == "":
             return cls()
-        source = "--settings"
-        if isinstance(text_or_path, Mapping):
-            raw = dict(text_or_path)
-        else:
-            text = str(text_or_path)
-            if not text.lstrip().startswith("{") and Path(text).is_file():
-                source, text = text, Path(text).read_text()
-            try:
-                raw = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise IzooError(f"settings are not valid JSON ({exc})", source,
-                                "pass a JSON object such as '{\"epochs\": 10}' or a path to a .json file") from exc
-        if not isinstance(raw, dict):
-            raise IzooError("settings must be a JSON object", source, "pass a JSON object such as '{\"epochs\": 10}'")
+        source = (json_file_of(text_or_path) if isinstance(text_or_path, str) else None) or "--settings"
+        raw = dict(text_or_path) if isinstance(text_or_path, Mapping) else load_json_object(str(text_or_path))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

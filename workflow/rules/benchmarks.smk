@@ -58,18 +58,41 @@ rule bench_pose:
 
 
 rule bench_table:
-    """Mean ± std over seeds per tokenizer, like the paper's Tables 2, 3 and 5."""
+    """Mean ± std over seeds per tokenizer, like the paper's Tables 3 and 5."""
     input:
         runs=lambda w: bench_runs(w.bench),
     output:
         md=report(f"{R}/benchmarks/{{bench}}/table.md", category="Benchmarks", labels={"benchmark": "{bench}"}),
         csv=f"{R}/benchmarks/{{bench}}/table.csv",
+    wildcard_constraints:
+        bench=bench_name_pattern(["segmentation", "pose"]),
     params:
-        command=lambda w: {"classification": "bench-classify-table", "segmentation": "bench-segment-table",
-                           "pose": "bench-pose-table"}[bench_cfg(w.bench)["task"]],
+        command=lambda w: {"segmentation": "bench-segment-table", "pose": "bench-pose-table"}[bench_cfg(w.bench)["task"]],
     log:
         f"{L}/benchmarks/{{bench}}/table.log",
     conda:
         "../../envs/izoo.yaml"
     shell:
         "izoo {params.command} --runs {input.runs} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+
+
+rule bench_classify_table:
+    """Classification table like the paper's Table 2, and the learned token groupings like its Figure 6."""
+    input:
+        runs=lambda w: bench_runs(w.bench),
+    output:
+        md=report(f"{R}/benchmarks/{{bench}}/table.md", category="Benchmarks", labels={"benchmark": "{bench}"}),
+        csv=f"{R}/benchmarks/{{bench}}/table.csv",
+        png=report(f"{R}/benchmarks/{{bench}}/token_groups.png", category="Benchmarks", labels={"benchmark": "{bench}", "figure": "tokens"}),
+    wildcard_constraints:
+        bench=bench_name_pattern(["classification"]),
+    params:
+        # the most learnable tokenizer run shows the groupings best (LP+reg, else the last one)
+        figure_run=lambda w, input: next((r for r in input.runs if "/lp_reg-" in r), input.runs[-1]),
+    log:
+        f"{L}/benchmarks/{{bench}}/table.log",
+    conda:
+        "../../envs/izoo.yaml"
+    shell:
+        "izoo bench-classify-table --runs {input.runs} --out-csv {output.csv} --out-md {output.md}"
+        " --figure-from {params.figure_run} --out-png {output.png} > {log} 2>&1"

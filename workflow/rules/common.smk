@@ -23,7 +23,7 @@ _NOT_FIT_KEYS = {"enabled", "refine_job_size", "min_scenes_per_class", "archive"
 
 
 wildcard_constraints:
-    ds="|".join(DATASETS) if DATASETS else "^$",
+    ds="|".join(DATASETS) if DATASETS else "(?!)",
     shard=r"[^/]+-\d{5}",
     job=r"job-\d{4}",
     split=r"[^/]+",
@@ -139,6 +139,12 @@ def bench_runs(name):
     if b["task"] == "pose":
         return [f"{R}/benchmarks/{name}/pose-{tok}-seed{seed}.json" for tok in b["tokenizers"] for seed in b["seeds"]]
     return [f"{R}/benchmarks/{name}/{tok}-seed{seed}.json" for tok in b["tokenizers"] for seed in b["seeds"]]
+
+
+def bench_name_pattern(tasks):
+    """Wildcard regex matching the enabled benchmarks of the given tasks (matches nothing when none)."""
+    names = [n for n in BENCHMARKS if bench_cfg(n)["task"] in tasks]
+    return "|".join(names) if names else "(?!)"
 
 
 def benchmark_targets():
