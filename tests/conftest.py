@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from slurm_cluster import slurm_cluster  # noqa: F401  (session fixture: real single-node SLURM)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests use tiny tensors on a small shared machine: extra intra-op threads only add synchronisation."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

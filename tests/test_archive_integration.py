@@ -8,20 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from izoo.archive.verify import inspect_archive, verify_archive
 
 cli = pytest.importorskip("izoo.cli")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_fit_merge_verify_against_source(tmp_path, capsys):

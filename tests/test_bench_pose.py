@@ -18,14 +18,6 @@ from izoo.nerf.render import query_grid, render_image, render_rays
 from izoo.nerf.synthetic import procedural_scene
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the tiny tensors here gain nothing from threads and the CI box is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def rot_z(deg):
     t = math.radians(deg)

@@ -19,14 +19,6 @@ TINY_ENCODER = {"depths": [1, 1, 1, 1], "embed_dims": [8, 16, 16, 16], "num_head
                 "mlp_ratios": [2, 2, 2, 2]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the tiny tensors here gain nothing from threads and the CI box is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def test_miou_matches_hand_computed_case():
     # 3 classes; 255 pixels are ignored whatever they are predicted as

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 import izoo.datasets  # noqa: F401  (imported up front so the deadline test times fitting, not imports)
@@ -21,14 +20,6 @@ from izoo.archive import layout
 from izoo.cli import main
 from izoo.fitting.shard import StopControl
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: OpenMP threads only add synchronisation cost on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _dataset(tmp_path: Path, n: int = 4, iterations: int = 20) -> tuple[dict, Path]:

@@ -16,14 +16,6 @@ from izoo.errors import IzooError
 from izoo.models import siren
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: OpenMP threads only add synchronisation cost (milliseconds per op on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _reference_fit(spec, init, item, image01, steps, lr=1e-3, lr_min=1e-5):
     """Paper-style: one nn.Module SIREN, torch.optim.Adam, CosineAnnealingLR, nn.MSELoss in normalised space."""

@@ -17,14 +17,6 @@ from izoo.fitting.shard import REPORT_COLUMNS, fit_shard
 N_ITEMS = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: OpenMP threads only add synchronisation cost (milliseconds per op on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _dataset_cfg(**fit):
     return {"model": {"family": "siren", "depth": 3, "width": 8, "w0": 30, "init": "siren"},

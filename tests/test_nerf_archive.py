@@ -22,14 +22,6 @@ from izoo.nerf.filtering import filter_scenes
 from izoo.nerf.render import render_image
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def report(rows: list[tuple[str, int, float]], phase: str = "basic") -> pd.DataFrame:
     return pd.DataFrame({"index": range(len(rows)), "item_id": [r[0] for r in rows], "split": "all",

@@ -21,14 +21,6 @@ RENDER = RenderSettings(rays_per_batch=128, samples_per_ray=16, object_ray_fract
 FIT = {"iterations": 200, "lr": 5e-3, "lr_min": 5e-4, "gate_psnr": 25.0, "check_every": 50, "checkpoint_every": 20}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only spin (20x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def scene():

@@ -14,14 +14,6 @@ from izoo.nerf.render import (get_rays, grid_points, query_grid, render_field, r
 from izoo.nerf.synthetic import look_at_pose, sphere_closed_form, sphere_field
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only spin (20x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 SMALL = NerfSpec(depth=2, width=16, pos_freqs=3, dir_freqs=2)
 
 
