@@ -140,3 +140,13 @@ def test_sigusr1_and_deadline_request_a_stop():
     # a 10-minute job stops itself 90 s early; a 1-minute job at 80 % of its time
     assert 505 < StopControl(10).deadline - time.monotonic() <= 510
     assert 47 < StopControl(1).deadline - time.monotonic() <= 48
+
+
+def test_plan_refinement_without_reports_writes_an_empty_plan(tmp_path):
+    """When no item failed the phase before, the workflow passes no report: the plan must still be written."""
+    out = tmp_path / "plan.json"
+    rc = main(["plan-refinement", "--dataset", "d", "--dataset-config", '{"refine_job_size": 4}',
+               "--phase", "until_threshold", "--reports", "--out", str(out)])
+    assert rc == 0
+    plan = json.loads(out.read_text())
+    assert plan["jobs"] == {} and plan["n_failing"] == 0

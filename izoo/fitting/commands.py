@@ -111,6 +111,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--dataset", required=True)
     plan.add_argument("--dataset-config", required=True, help="the dataset's config entry as JSON (or @file.json)")
     plan.add_argument("--phase", required=True, choices=PHASES[1:], help="the phase the plan is for")
-    plan.add_argument("--reports", required=True, nargs="+", help="PSNR reports of the previous phase")
+    plan.add_argument("--reports", nargs="*", default=[], help="PSNR reports of the previous phase")
     plan.add_argument("--out", required=True, help="plan.json to write")
     plan.set_defaults(func=cmd_plan)
