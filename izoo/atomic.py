@@ -5,10 +5,42 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
 from izoo.errors import IzooError
+
+
+#: safety margin on top of a write's estimated size (HDF5 metadata, filesystem blocks): 64 KiB + 5 %
+FREE_SPACE_MARGIN = 64 << 10
+
+
+def _disk_full(path: Path) -> IzooError:
+    return IzooError("no space left on device while writing", path,
+                     "free disk space (or point results/work at a larger filesystem) and rerun; finished files are kept")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an exception is a full disk: ``OSError`` ENOSPC, or HDF5's error text (h5py raises RuntimeError)."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
+def ensure_free_space(path: str | Path, needed_bytes: int) -> None:
+    """Raise a one-line ``IzooError`` before writing ``path`` when its filesystem lacks ``needed_bytes`` (+ margin).
+
+    HDF5 cannot recover from a write that fails half-way on a full disk (h5py leaves broken handles behind),
+    so writers check first instead of relying on the error alone.
+    """
+    path = Path(path)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    needed = int(needed_bytes * 1.05) + FREE_SPACE_MARGIN
+    if free < needed:
+        raise IzooError(f"not enough disk space: writing needs about {needed / 1e6:.1f} MB, "
+                        f"{free / 1e6:.1f} MB free", path,
+                        "free disk space (or point results/work at a larger filesystem) and rerun; finished files are kept")
 
 
 @contextlib.contextmanager
@@ -25,11 +57,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise IzooError("no space left on device while writing", path,
-                            "free disk space (or point results/work at a larger filesystem) and rerun; finished files are kept") from exc
+        if is_disk_full(exc):
+            raise _disk_full(path) from exc
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 import izoo
-from izoo.atomic import atomic_path
+from izoo.atomic import atomic_path, ensure_free_space
 from izoo.errors import IzooError
 
 FORMAT = "izoo-inr"
@@ -189,6 +189,9 @@ def write_inr_file(path: str | Path, params: Mapping[str, np.ndarray], items: pd
     for name, value in params.items():
         if value.shape[0] != n:
             raise ValueError(f"params/{name} has {value.shape[0]} items, the item table {n}")
+    # uncompressed size bounds the compressed file from above
+    ensure_free_space(path, sum(v.nbytes for v in params.values()) + sum(np.asarray(v).nbytes for v in (extras or {}).values())
+                      + int(items.memory_usage(deep=True).sum()))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             create_datasets(h5, {k: tuple(v.shape[1:]) for k, v in params.items()}, n,

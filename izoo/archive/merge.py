@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from izoo.archive import layout
-from izoo.atomic import atomic_path
+from izoo.atomic import atomic_path, ensure_free_space
 from izoo.errors import IzooError
 
 log = logging.getLogger(__name__)
@@ -312,6 +312,8 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
         _check_covered(src_file, wanted, split, manifest_path)
 
     _remove_stale_temps(out)
+    # a copy merge writes about what its inputs hold (same codec); a virtual one only mappings
+    ensure_free_space(out, 0 if virtual else sum(src.path.stat().st_size for src in sources))
     files = _OpenFiles(sources)
     phase_counts: dict[str, int] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1)))
