@@ -103,6 +103,25 @@ def _hidden_math(zmm: torch.Tensor, b: torch.Tensor, w0: float, s_out: torch.Ten
     zmm.copy_(torch.cos(a))
 
 
+def _head_back_math(w: torch.Tensor, dz_out: torch.Tensor, c: torch.Tensor, w0: float, gb: torch.Tensor) -> None:
+    """``c`` holds ``cos`` on entry and ``dz = cos · (Wᵀ dz_out)`` on exit (K = out_features, element-wise, not a
+    thin GEMM); ``gb`` gets the layer's bias gradient ``w0 Σ_p dz``."""
+    dh = w[:, 0, :].unsqueeze(-1) * dz_out[:, 0:1, :]
+    for k in range(1, w.shape[1]):
+        dh = dh + w[:, k, :].unsqueeze(-1) * dz_out[:, k:k + 1, :]
+    dz = c * dh
+    c.copy_(dz)
+    gb.copy_(dz.sum(dim=-1) * w0)
+
+
+def _first_back_math(c: torch.Tensor, dh: torch.Tensor, xs: torch.Tensor, w0: float, gw: torch.Tensor,
+                     gb: torch.Tensor) -> None:
+    """Gradients of the first layer from ``dz = cos · dh`` without materialising ``dz``."""
+    dz = c * dh
+    gb.copy_(dz.sum(dim=-1) * w0)
+    gw.copy_(torch.stack([(dz * xs[0]).sum(dim=-1), (dz * xs[1]).sum(dim=-1)], dim=-1) * w0)
+
+
 class _Kernels:
     """Eager or ``torch.compile``d sin/cos kernels writing into caller-owned buffers (CPU allocations of fresh
     activation-sized tensors every step cost page faults, ~30 % of a step); compilation failures fall back to
@@ -142,6 +161,18 @@ class _Kernels:
         c_out.addcmul_(ws[:, :, 1:2], xs[1])
         torch.sin(c_out, out=s_out)
         c_out.cos_()
+
+    def head_back(self, w: torch.Tensor, dz_out: torch.Tensor, c: torch.Tensor, w0: float,
+                  gb: torch.Tensor) -> bool:
+        """Compiled backward through the linear head into the last hidden layer's ``dz`` (in ``c``) and its bias
+        gradient; False when not compiling (the caller then uses GEMMs)."""
+        return self._compiled("head_back", _head_back_math, w, dz_out, c, w0, gb)
+
+    def first_back(self, c: torch.Tensor, dh: torch.Tensor, xs: torch.Tensor, w0: float, gw: torch.Tensor,
+                   gb: torch.Tensor) -> bool:
+        """Compiled first-layer weight and bias gradients from ``cos`` and ``dh`` in one pass; False when not
+        compiling."""
+        return self._compiled("first_back", _first_back_math, c, dh, xs, w0, gw, gb)
 
     def hidden(self, w: torch.Tensor, b: torch.Tensor, h: torch.Tensor, w0: float, s_out: torch.Tensor,
                c_out: torch.Tensor) -> None:
@@ -308,13 +339,28 @@ class SirenBatchFit:
         zero = torch.zeros((), device=out.device, dtype=out.dtype).expand(1, 1, 1)
         dz = (out - tn).mul_(2.0 / (out.shape[1] * out.shape[2]))       # d loss / d out (linear head)
         scale = 1.0
-        for layer in range(n_layers - 1, 0, -1):
-            gviews[2 * layer].copy_(torch.bmm(dz, sines[layer - 1].transpose(1, 2)).mul_(scale))
-            gviews[2 * layer + 1].copy_(dz.sum(dim=-1).mul_(scale))
+        layer = n_layers - 1
+        gviews[2 * layer].copy_(torch.bmm(dz, sines[layer - 1].transpose(1, 2)))
+        gviews[2 * layer + 1].copy_(dz.sum(dim=-1))
+        if n_layers > 2 and self.kernels.head_back(views[2 * layer], dz, cosines[layer - 1], w0,
+                                                   gviews[2 * layer - 1]):
+            # the head's backward and the next bias gradient are done; continue from the last hidden layer
+            dz, scale, layer, bias_done = cosines[layer - 1], w0, layer - 1, True
+        else:
+            bias_done = False
+        while layer > 0:
+            if layer < n_layers - 1:
+                gviews[2 * layer].copy_(torch.bmm(dz, sines[layer - 1].transpose(1, 2)).mul_(scale))
+                if not bias_done:
+                    gviews[2 * layer + 1].copy_(dz.sum(dim=-1).mul_(scale))
+            bias_done = False
             dh = self._buffer("dh", tuple(cosines[layer - 1].shape))
             torch.baddbmm(zero, views[2 * layer].transpose(1, 2), dz, beta=0.0, alpha=scale, out=dh)
+            if layer == 1 and self.kernels.first_back(cosines[0], dh, self.xs, w0, gviews[0], gviews[1]):
+                return grad
             dz = cosines[layer - 1].mul_(dh)                              # reuses the cosine's storage
             scale = w0
+            layer -= 1
         gviews[0].copy_(torch.matmul(dz, self.xs.t()).mul_(w0))
         gviews[1].copy_(dz.sum(dim=-1).mul_(w0))
         return grad
