@@ -6,11 +6,14 @@ Every ``izoo`` command that takes a JSON object goes through ``load_json_object`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from izoo.errors import IzooError
+
+SettingsT = TypeVar("SettingsT")
 
 
 def json_file_of(value: str | None) -> Path | None:
@@ -52,3 +55,21 @@ def load_json_object(value: str | None, option: str = "--settings",
         raise IzooError(f"{option} must be a JSON object, got {type(doc).__name__}", path if path is not None else option,
                         f"pass a JSON object such as {example}")
     return doc
+
+
+def settings_from_json(cls: type[SettingsT], value: str | None, what: str) -> SettingsT:
+    """A settings dataclass from a JSON argument; unknown keys are a one-line error naming them and the known ones.
+
+    JSON has no tuples, so a list given for a field whose default is a tuple becomes a tuple.
+    """
+    raw = load_json_object(value)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise IzooError(f"unknown {what} settings {unknown}", json_file_of(value) or "--settings",
+                        f"use only {', '.join(sorted(known))}")
+    defaults = cls()
+    for key, val in raw.items():
+        if isinstance(getattr(defaults, key), tuple) and isinstance(val, list):
+            raw[key] = tuple(val)
+    return cls(**raw)

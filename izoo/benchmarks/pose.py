@@ -44,10 +44,11 @@ from torch import nn
 
 from izoo.archive.reader import InrArchive, open_archive
 from izoo.benchmarks.pose_refine import RefineSettings, refine_pose
-from izoo.benchmarks.segmentation import (format_mean_std, is_json_file, load_json_object, mean_std, read_runs, resolve_device,
+from izoo.benchmarks.segmentation import (format_mean_std, mean_std, read_runs, resolve_device,
                                           write_json, write_table)
 from izoo.benchmarks.tokenizers import non_close_penalty
 from izoo.errors import IzooError
+from izoo.jsonargs import settings_from_json
 from izoo.nerf.model import NerfSpec, query
 from izoo.nerf.render import render_views
 from izoo.nerf.synthetic import look_at_pose
@@ -174,15 +175,7 @@ class PoseSettings:
     @classmethod
     def from_json(cls, text_or_path: str | None) -> "PoseSettings":
         """Settings from a JSON string or file (unknown keys are an error naming them)."""
-        raw = load_json_object(text_or_path)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise IzooError(f"unknown pose settings {unknown}", text_or_path if is_json_file(text_or_path) else None,
-                            f"use only {sorted(known)}")
-        if "elevation_deg" in raw:
-            raw["elevation_deg"] = tuple(raw["elevation_deg"])
-        return cls(**raw)
+        return settings_from_json(cls, text_or_path, "pose")
 
     def validate(self) -> None:
         """Raise a one-line error for inconsistent sizes."""

@@ -44,7 +44,7 @@ from izoo.benchmarks.seg_metrics import (CITYSCAPES_CLASSES, IGNORE_INDEX, confu
                                          mean_iou, pixel_accuracy)
 from izoo.benchmarks.tokenizers import CoordinateTokenizer, DISPLAY_NAMES, describe
 from izoo.errors import IzooError
-from izoo.jsonargs import json_file_of, load_json_object
+from izoo.jsonargs import settings_from_json
 from izoo.models import siren
 
 log = logging.getLogger(__name__)
@@ -85,20 +85,7 @@ class SegSettings:
     @classmethod
     def from_json(cls, text_or_path: str | None) -> "SegSettings":
         """Settings from a JSON string or file (unknown keys are an error naming them)."""
-        raw = load_json_object(text_or_path)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise IzooError(f"unknown segmentation settings {unknown}", text_or_path if is_json_file(text_or_path) else None,
-                            f"use only {sorted(known)}")
-        if "zoom_range" in raw:
-            raw["zoom_range"] = tuple(raw["zoom_range"])
-        return cls(**raw)
-
-
-def is_json_file(text_or_path: str | None) -> bool:
-    """Whether a settings argument names a file (rather than holding inline JSON)."""
-    return json_file_of(text_or_path) is not None
+        return settings_from_json(cls, text_or_path, "segmentation")
 
 
 def resolve_device(name: str) -> torch.device:
