@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def write_manifest(out_dir: Path, dataset: str, n_items: int, shard_size: int, splits: dict[str, float]) -> int:
-    """Write ``manifest.csv`` + ``shards.json`` for ``n_items`` synthetic items; returns the shard count."""
+    """Write ``manifest.csv``, ``shards.json`` and an empty ``bad_items.csv`` for ``n_items`` synthetic items; returns the shard count."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, shards, split_counts, start = [], {}, {}, 0
     names = list(splits)
@@ -44,6 +44,7 @@ def write_manifest(out_dir: Path, dataset: str, n_items: int, shard_size: int, s
         split_counts[split] = n
         start += n
     pd.concat(rows).to_csv(out_dir / "manifest.csv", index=False)
+    (out_dir / "bad_items.csv").write_text("split,item_id,source_id,error\n")
     (out_dir / "shards.json").write_text(json.dumps({"dataset": dataset, "shard_size": shard_size, "splits": split_counts,
                                                      "shards": shards, "bad_items": [], "classes": {}}))
     return len(shards)
