@@ -222,7 +222,39 @@ class _Layout:
         return [v.contiguous() for v in self.views(flat)]
 
 
-class SirenBatchFit:
+class BatchLoop:
+    """Step bookkeeping shared by the batched fitters (SIREN here, NeRF in ``izoo.nerf.fitting``).
+
+    Needs ``settings`` (``max_steps``, ``checkpoint_every``), ``step``, ``rows`` (active items), ``seconds``,
+    ``device`` and ``state()`` on the fitter.
+    """
+
+    def _charge(self, tick: float) -> float:
+        """Share the time since ``tick`` equally among the active items; returns the new tick."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        if len(self.rows):
+            self.seconds[self.rows] += (now - tick) / len(self.rows)
+        return now
+
+    def _stop_or_checkpoint(self, tick: float, resumed_at: int, should_stop: Callable[[], bool] | None,
+                            on_checkpoint: Callable[[dict[str, Any]], None] | None) -> float:
+        """Top of a step: on a stop request save a checkpoint and raise ``FitInterrupted``; else save periodically."""
+        st = self.settings
+        if should_stop is not None and should_stop():
+            if on_checkpoint is not None:
+                self._charge(tick)
+                on_checkpoint(self.state())
+            raise FitInterrupted(f"stopped at step {self.step}/{st.max_steps}")
+        if (on_checkpoint is not None and st.checkpoint_every and self.step > resumed_at
+                and self.step % st.checkpoint_every == 0):
+            tick = self._charge(tick)
+            on_checkpoint(self.state())
+        return tick
+
+
+class SirenBatchFit(BatchLoop):
     """One phase of fitting B SIRENs to B images of one size; resumable from ``state()``."""
 
     def __init__(self, spec: SirenSpec, images01: torch.Tensor, settings: PhaseSettings, init: Params,
@@ -427,15 +459,7 @@ class SirenBatchFit:
         tick = time.perf_counter()
         resumed_at = self.step
         while len(self.rows) > 0:
-            if should_stop is not None and should_stop():
-                if on_checkpoint is not None:
-                    self._charge(tick)
-                    on_checkpoint(self.state())
-                raise FitInterrupted(f"stopped at step {self.step}/{st.max_steps}")
-            if (on_checkpoint is not None and st.checkpoint_every and self.step > resumed_at
-                    and self.step % st.checkpoint_every == 0):
-                tick = self._charge(tick)
-                on_checkpoint(self.state())
+            tick = self._stop_or_checkpoint(tick, resumed_at, should_stop, on_checkpoint)
             final = self.step >= st.max_steps
             is_check = final or self.step % st.check_every == 0
             out, sines, cosines = self._forward(self.theta)
@@ -462,14 +486,6 @@ class SirenBatchFit:
                          iterations=self.out_iters.numpy().astype(np.int64),
                          seconds=self.seconds.float().numpy(), passed=psnr >= gate)
 
-    def _charge(self, tick: float) -> float:
-        """Share the time since ``tick`` equally among the active items; returns the new tick."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        if len(self.rows):
-            self.seconds[self.rows] += (now - tick) / len(self.rows)
-        return now
 
 
 def fit_images(images01: torch.Tensor, spec: SirenSpec, settings: PhaseSettings, init: Params | None = None,

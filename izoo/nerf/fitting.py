@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from izoo.errors import IzooError
-from izoo.fitting.engine import FitInterrupted  # shared with the 2D engine: one handler in the shard code
+from izoo.fitting.engine import BatchLoop  # the step bookkeeping (and FitInterrupted) shared with the 2D engine
 from izoo.fitting.phases import PhaseSettings
 from izoo.nerf import model
 from izoo.nerf.model import NerfParams, NerfSpec
@@ -247,7 +247,7 @@ def step_seed(base: int, key: int, step: int) -> int:
     return ((int(base) * _STEP_MIX + int(key)) * _STEP_MIX + int(step)) % (1 << 62)
 
 
-class NerfBatchFit:
+class NerfBatchFit(BatchLoop):
     """One phase of fitting B NeRFs to B scenes; resumable bit-for-bit from ``state()``.
 
     Each scene draws its rays and jitter from its own generator seeded by ``step_seed(render.seed, key, step)``
@@ -428,15 +428,7 @@ class NerfBatchFit:
         tick = time.perf_counter()
         resumed_at = self.step
         while len(self.rows) > 0:
-            if should_stop is not None and should_stop():
-                if on_checkpoint is not None:
-                    self._charge(tick)
-                    on_checkpoint(self.state())
-                raise FitInterrupted(f"stopped at step {self.step}/{st.max_steps}")
-            if (on_checkpoint is not None and st.checkpoint_every and self.step > resumed_at
-                    and self.step % st.checkpoint_every == 0):
-                tick = self._charge(tick)
-                on_checkpoint(self.state())
+            tick = self._stop_or_checkpoint(tick, resumed_at, should_stop, on_checkpoint)
             final = self.step >= st.max_steps
             if self._is_check(final):
                 with torch.no_grad():
@@ -456,14 +448,6 @@ class NerfBatchFit:
                              iterations=self.out_iters.numpy().astype(np.int64),
                              seconds=self.seconds.float().numpy(), passed=psnr >= st.gate_psnr)
 
-    def _charge(self, tick: float) -> float:
-        """Share the time since ``tick`` equally among the active scenes; returns the new tick."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        if len(self.rows):
-            self.seconds[self.rows] += (now - tick) / len(self.rows)
-        return now
 
 
 def fit_scenes(scenes: Sequence[Any], spec: NerfSpec, phase: PhaseSettings, render: RenderSettings,
