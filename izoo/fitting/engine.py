@@ -225,8 +225,8 @@ class _Layout:
 class BatchLoop:
     """Step bookkeeping shared by the batched fitters (SIREN here, NeRF in ``izoo.nerf.fitting``).
 
-    Needs ``settings`` (``max_steps``, ``checkpoint_every``), ``step``, ``rows`` (active items), ``seconds``,
-    ``device`` and ``state()`` on the fitter.
+    Needs ``settings`` (a ``PhaseSettings``), ``step``, ``rows`` (active items), ``seconds``, the per-item
+    trackers ``best_psnr``, ``stall_ref``, ``stall_step``, ``device`` and ``state()`` on the fitter.
     """
 
     def _charge(self, tick: float) -> float:
@@ -237,6 +237,25 @@ class BatchLoop:
         if len(self.rows):
             self.seconds[self.rows] += (now - tick) / len(self.rows)
         return now
+
+    def _update_trackers(self, psnr: torch.Tensor, improved: torch.Tensor, final: bool) -> torch.Tensor:
+        """At a check: update best PSNR and stall trackers of the active items; returns which of them stop now."""
+        st = self.settings
+        rows = self.rows
+        self.best_psnr[rows] = torch.where(improved, psnr, self.best_psnr[rows])
+        gained = psnr >= self.stall_ref[rows] + st.min_delta
+        self.stall_ref[rows] = torch.where(gained, psnr, self.stall_ref[rows])
+        self.stall_step[rows] = torch.where(gained, torch.full_like(self.stall_step[rows], self.step),
+                                            self.stall_step[rows])
+        stop = torch.zeros(len(rows), dtype=torch.bool)
+        if final:
+            stop[:] = True
+        else:
+            if st.stop_on_pass:
+                stop |= psnr >= st.gate_psnr
+            if st.patience is not None:
+                stop |= (self.step - self.stall_step[rows]) >= st.patience
+        return stop
 
     def _stop_or_checkpoint(self, tick: float, resumed_at: int, should_stop: Callable[[], bool] | None,
                             on_checkpoint: Callable[[dict[str, Any]], None] | None) -> float:
@@ -419,19 +438,7 @@ class SirenBatchFit(BatchLoop):
         if st.keep_best and bool(improved.any()):
             idx = improved.nonzero().squeeze(1).to(self.theta.device)
             self.best_theta[idx] = self.theta[idx]
-        self.best_psnr[rows] = torch.where(improved, psnr, self.best_psnr[rows])
-        gained = psnr >= self.stall_ref[rows] + st.min_delta
-        self.stall_ref[rows] = torch.where(gained, psnr, self.stall_ref[rows])
-        self.stall_step[rows] = torch.where(gained, torch.full_like(self.stall_step[rows], self.step),
-                                            self.stall_step[rows])
-        stop = torch.zeros(len(rows), dtype=torch.bool)
-        if final:
-            stop[:] = True
-        else:
-            if st.stop_on_pass:
-                stop |= psnr >= st.gate_psnr
-            if st.patience is not None:
-                stop |= (self.step - self.stall_step[rows]) >= st.patience
+        stop = self._update_trackers(psnr, improved, final)
         if not bool(stop.any()):
             return None
         local = stop.nonzero().squeeze(1)

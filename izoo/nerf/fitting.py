@@ -379,19 +379,7 @@ class NerfBatchFit(BatchLoop):
             idx = improved.nonzero().squeeze(1).to(self.device)
             for best, cur in zip(self.best_theta, self.theta):
                 best[idx] = cur[idx]
-        self.best_psnr[rows] = torch.where(improved, psnr, self.best_psnr[rows])
-        gained = psnr >= self.stall_ref[rows] + st.min_delta
-        self.stall_ref[rows] = torch.where(gained, psnr, self.stall_ref[rows])
-        self.stall_step[rows] = torch.where(gained, torch.full_like(self.stall_step[rows], self.step),
-                                            self.stall_step[rows])
-        stop = torch.zeros(len(rows), dtype=torch.bool)
-        if final:
-            stop[:] = True
-        else:
-            if st.stop_on_pass:
-                stop |= psnr >= st.gate_psnr
-            if st.patience is not None:
-                stop |= (self.step - self.stall_step[rows]) >= st.patience
+        stop = self._update_trackers(psnr, improved, final)
         if not bool(stop.any()):
             return
         local = stop.nonzero().squeeze(1)
