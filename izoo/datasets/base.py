@@ -212,6 +212,13 @@ class SourceDataset(abc.ABC):
     def _load(self, ref: ItemRef) -> Sample:
         """Load one item."""
 
+    def check_aspect(self, path: Path, width: int, height: int, fix: str) -> None:
+        """Raise ``bad`` when a ``width``×``height`` image's aspect ratio differs (> 1 %) from ``source.size`` (H, W)."""
+        target_h, target_w = self.size
+        if abs(width * target_h - height * target_w) > 0.01 * width * target_h:
+            raise self.bad(path, f"image of unexpected size {width}x{height} (WxH): aspect ratio differs from "
+                                 f"source.size {target_h}x{target_w} (HxW)", fix)
+
     def bad(self, path: str | Path, what: str, fix: str | None = None) -> BadItemError:
         """A ``BadItemError`` for one item file."""
         return BadItemError(what, path, fix or "replace or remove the file, or set source.on_bad_item: skip")

@@ -113,11 +113,7 @@ class CityscapesSource(SourceDataset):
         if image_size != label_size:
             raise self.bad(label_path, f"label map of unexpected size {label_size[0]}x{label_size[1]} (WxH), "
                                        f"its image is {image_size[0]}x{image_size[1]}")
-        width, height = image_size
-        target_h, target_w = self.size
-        if abs(width * target_h - height * target_w) > 0.01 * width * target_h:
-            raise self.bad(image_path, f"image of unexpected size {width}x{height} (WxH): aspect ratio differs from "
-                                       f"source.size {target_h}x{target_w} (HxW)", "set source.size to the same aspect ratio")
+        self.check_aspect(image_path, *image_size, "set source.size to the same aspect ratio")
 
     def _check(self, ref: ItemRef, full: bool) -> None:
         image_path = self.root / ref.source_id

@@ -152,11 +152,7 @@ class ScenesSource(SourceDataset):
         if size != first:
             raise self.bad(path, f"image of unexpected size {size[0]}x{size[1]} (WxH); the scene's first view is "
                                  f"{first[0]}x{first[1]}")
-        width, height = size
-        target_h, target_w = self.size
-        if abs(width * target_h - height * target_w) > 0.01 * width * target_h:
-            raise self.bad(path, f"image of unexpected size {width}x{height} (WxH): aspect ratio differs from "
-                                 f"source.size {target_h}x{target_w} (HxW)", "set source.size to the views' aspect ratio")
+        self.check_aspect(path, *size, "set source.size to the views' aspect ratio")
 
     def _check(self, ref: ItemRef, full: bool) -> None:
         views = self._views(ref)
