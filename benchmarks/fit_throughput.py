@@ -132,6 +132,28 @@ def fit_batched_autograd(images: torch.Tensor, spec: siren.SirenSpec, iterations
     return secs, (-10 * torch.log10((pred - images).pow(2).mean(dim=(1, 2, 3)))).cpu().numpy()
 
 
+def chunk_sweep(batch: torch.Tensor, spec: siren.SirenSpec, settings, device: torch.device, chunks: list[int],
+                repeats: int, iterations: int) -> None:
+    """ms per training step of the compiled engine for each chunk size, interleaved rounds; median and best."""
+    engine.fit_images(batch[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4, device=device,
+                      use_compile=True)
+    times: dict[int, list[float]] = {c: [] for c in chunks}
+    for _ in range(repeats):
+        for chunk in chunks:
+            fitter = engine.SirenBatchFit(spec, batch, settings, siren.init_params(spec, [42] * len(batch)),
+                                          device=device, use_compile=True, chunk_items=chunk)
+            t0 = time.perf_counter()
+            fitter.run()
+            times[chunk].append((time.perf_counter() - t0) / iterations * 1e3)
+    default = engine.cpu_chunk_items(spec.width, batch.shape[2] * batch.shape[3])
+    print(f"{len(batch)} images, {iterations} iterations per run, {repeats} rounds; engine default on the CPU: "
+          f"{default} items per chunk")
+    for chunk, ts in times.items():
+        ts = sorted(ts)
+        print(f"chunk {chunk:4d} items: median {ts[len(ts) // 2]:.2f} ms/step, best {ts[0]:.2f} "
+              f"(runs {', '.join(f'{t:.2f}' for t in ts)})")
+
+
 def main() -> None:
     """Run the comparison and print a results block."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +171,9 @@ def main() -> None:
                         help="time every configuration this many times, interleaved, and report the fastest (a shared "
                              "machine's load changes by tens of percent within minutes; best-of-N is what the code "
                              "can do, and every run is printed)")
+    parser.add_argument("--chunk-sweep", type=int, nargs="*", default=None, metavar="ITEMS",
+                        help="instead: time the compiled engine's CPU step with these chunk sizes (items per step "
+                             "call), --repeats rounds interleaved, --iterations each; prints ms per step")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -165,6 +190,9 @@ def main() -> None:
     print(f"model: SIREN {spec.depth}/{spec.width} ({spec.n_params()} params), {images.shape[2]}x{images.shape[3]} "
           f"patches of {', '.join(SAMPLE_IMAGES)}, {args.iterations} iterations, "
           f"{train_flops_per_pixel(spec)} training FLOP per pixel-step")
+    if args.chunk_sweep:
+        chunk_sweep(images[:args.n_batched], spec, settings, device, args.chunk_sweep, args.repeats, args.iterations)
+        return
     peak_before = matmul_gflops(device)
     print(f"fp32 matmul reference: {peak_before:.1f} GFLOP/s")
 
