@@ -133,20 +133,21 @@ def fit_batched_autograd(images: torch.Tensor, spec: siren.SirenSpec, iterations
 
 
 def chunk_sweep(batch: torch.Tensor, spec: siren.SirenSpec, settings, device: torch.device, chunks: list[int],
-                repeats: int, iterations: int) -> None:
-    """ms per training step of the compiled engine for each chunk size, interleaved rounds; median and best."""
+                repeats: int, iterations: int, use_compile: bool = True) -> None:
+    """ms per training step of the engine for each chunk size, interleaved rounds; median and best."""
     engine.fit_images(batch[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4, device=device,
-                      use_compile=True)
+                      use_compile=use_compile)
     times: dict[int, list[float]] = {c: [] for c in chunks}
     for _ in range(repeats):
         for chunk in chunks:
             fitter = engine.SirenBatchFit(spec, batch, settings, siren.init_params(spec, [42] * len(batch)),
-                                          device=device, use_compile=True, chunk_items=chunk)
+                                          device=device, use_compile=use_compile, chunk_items=chunk)
             t0 = time.perf_counter()
             fitter.run()
             times[chunk].append((time.perf_counter() - t0) / iterations * 1e3)
     default = engine.cpu_chunk_items(spec.width, batch.shape[2] * batch.shape[3])
-    print(f"{len(batch)} images, {iterations} iterations per run, {repeats} rounds; engine default on the CPU: "
+    print(f"{len(batch)} images, compile={'on' if use_compile else 'off'}, {iterations} iterations per run, "
+          f"{repeats} rounds; engine default on the CPU: "
           f"{default} items per chunk")
     for chunk, ts in times.items():
         ts = sorted(ts)
@@ -172,7 +173,7 @@ def main() -> None:
                              "machine's load changes by tens of percent within minutes; best-of-N is what the code "
                              "can do, and every run is printed)")
     parser.add_argument("--chunk-sweep", type=int, nargs="*", default=None, metavar="ITEMS",
-                        help="instead: time the compiled engine's CPU step with these chunk sizes (items per step "
+                        help="instead: time the engine's step (compiled unless --compile off) with these chunk sizes (items per step "
                              "call), --repeats rounds interleaved, --iterations each; prints ms per step")
     args = parser.parse_args()
 
@@ -191,7 +192,8 @@ def main() -> None:
           f"patches of {', '.join(SAMPLE_IMAGES)}, {args.iterations} iterations, "
           f"{train_flops_per_pixel(spec)} training FLOP per pixel-step")
     if args.chunk_sweep:
-        chunk_sweep(images[:args.n_batched], spec, settings, device, args.chunk_sweep, args.repeats, args.iterations)
+        chunk_sweep(images[:args.n_batched], spec, settings, device, args.chunk_sweep, args.repeats, args.iterations,
+                    use_compile=args.compile != "off")
         return
     peak_before = matmul_gflops(device)
     print(f"fp32 matmul reference: {peak_before:.1f} GFLOP/s")

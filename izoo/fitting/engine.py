@@ -256,7 +256,7 @@ def want_compile(mode: str | bool, work: float) -> bool:
 def cpu_chunk_items(width: int, n_pixels: int, dtype: torch.dtype = torch.float32) -> int:
     """Items per training-step call on the CPU: about ``CPU_CHUNK_BYTES`` per activation, so a step's working set
     stays in the last-level cache (64 CIFAR items, compiled: 16.1 ms per step as 4 chunks of 16, 19.5 ms as one
-    chunk of 64; eager ~1.4× — benchmarks/RESULTS.md)."""
+    chunk of 64; eager 35 vs 46 ms — benchmarks/RESULTS.md)."""
     per_item = width * n_pixels * torch.finfo(dtype).bits // 8
     return max(1, CPU_CHUNK_BYTES // per_item)
 
