@@ -171,7 +171,7 @@ def make_train_step(spec: SirenSpec) -> Callable[..., tuple[torch.Tensor, ...]]:
         b = theta.shape[0]
         pixels = yv.shape[0] * xu.shape[0]
         h, first_saved = first_forward(ws[0], ws[1], xu, yv, fused)
-        sines, preacts = [h], [h]
+        sines, preacts = [h], [h]          # index = layer; preacts[0] is unused (the first layer keeps its own)
         for layer in range(1, n_layers - 1):                            # hidden layers, feature-major [b, width, P]
             if fused:
                 a = w0 * (torch.bmm(ws[2 * layer], h) + ws[2 * layer + 1].unsqueeze(-1))
