@@ -132,11 +132,18 @@ def fit_batched_autograd(images: torch.Tensor, spec: siren.SirenSpec, iterations
     return secs, (-10 * torch.log10((pred - images).pow(2).mean(dim=(1, 2, 3)))).cpu().numpy()
 
 
+def warm_up_engine(batch: torch.Tensor, spec: siren.SirenSpec, device: torch.device, use_compile: bool) -> float:
+    """A 2-step fit of 4 items (compiles the step when ``use_compile``); returns its seconds."""
+    t0 = time.perf_counter()
+    engine.fit_images(batch[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4, device=device,
+                      use_compile=use_compile)
+    return time.perf_counter() - t0
+
+
 def chunk_sweep(batch: torch.Tensor, spec: siren.SirenSpec, settings, device: torch.device, chunks: list[int],
                 repeats: int, iterations: int, use_compile: bool = True) -> None:
     """ms per training step of the engine for each chunk size, interleaved rounds; median and best."""
-    engine.fit_images(batch[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4, device=device,
-                      use_compile=use_compile)
+    warm_up_engine(batch, spec, device, use_compile)
     times: dict[int, list[float]] = {c: [] for c in chunks}
     for _ in range(repeats):
         for chunk in chunks:
@@ -206,10 +213,7 @@ def main() -> None:
     batch = images[:args.n_batched]
     modes = ["off", "on"] if args.compile == "both" else [args.compile]
     if "on" in modes:
-        t0 = time.perf_counter()
-        engine.fit_images(batch[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4, device=device,
-                          use_compile=True)
-        print(f"    torch.compile warm-up (first use, dynamic shapes): {time.perf_counter() - t0:.1f} s"
+        print(f"    torch.compile warm-up (first use, dynamic shapes): {warm_up_engine(batch, spec, device, True):.1f} s"
               + (" — FAILED, fell back to eager" if engine._TrainSteps.broken else ""))
     configs = ["loop"] + modes + (["autograd"] if args.autograd else [])
     times: dict[str, list[float]] = {name: [] for name in configs}

@@ -13,6 +13,7 @@ test-scale config). Run B's archives must equal run A's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -243,10 +244,8 @@ def _interrupted_run(cluster: SlurmCluster, run: Run) -> None:
             log_at_timeout = run.fit_log_text(shard)
         finally:
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):   # the step may have been killed meanwhile
                     os.kill(pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
         run.notes["timed_out"] = {"shard": shard, "job_id": job_id, "original_limit": original_limit,
                                   "log_at_timeout": log_at_timeout}
         second.wait(timeout=RUN_TIMEOUT_S)

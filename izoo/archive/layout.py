@@ -31,6 +31,7 @@ See docs/ARCHIVE.md for the full table.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 from dataclasses import dataclass, field
@@ -114,10 +115,8 @@ def decode_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, bytes):
             value = value.decode()
         if isinstance(value, str) and value[:1] in "[{":
-            try:
+            with contextlib.suppress(json.JSONDecodeError):   # a plain string that merely starts with [ or {
                 value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
         elif isinstance(value, np.generic):
             value = value.item()
         out[key] = value
