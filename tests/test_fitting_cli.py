@@ -62,7 +62,7 @@ def test_fit_plan_refine_round_trip(tmp_path, capsys):
     cfg, manifest = _dataset(tmp_path)
     assert main(_fit_args(cfg, manifest, tmp_path)) == 0
     err = capsys.readouterr().err
-    assert "izoo-fit: batch 1/2 fitted (items 0-1)" in err and "izoo-fit: batch 2/2 fitted (items 2-3)" in err
+    assert "izoo-fit: group 1/2 fitted (2 items)" in err and "izoo-fit: group 2/2 fitted (2 items)" in err
     report = pd.read_csv(tmp_path / "fit/basic/train-00000.csv")
     assert list(report.columns) == ["index", "item_id", "split", "label", "shard", "phase", "psnr_before",
                                     "psnr_after", "iterations", "seconds", "passed"]
@@ -96,7 +96,7 @@ def test_runtime_deadline_saves_and_exits_75(tmp_path, capsys):
     assert main(_fit_args(cfg, manifest, tmp_path, extra=["--runtime-minutes", "0.02"])) == 75
     err = capsys.readouterr().err
     assert "stopped: runtime limit" in err and "rerun the same command to resume" in err
-    assert (tmp_path / "work/basic/train-00000/batch-00000.ckpt").exists()
+    assert (tmp_path / "work/basic/train-00000/job.ckpt").exists()
     assert not (tmp_path / "fit/basic/train-00000.h5").exists()
 
 
@@ -110,21 +110,22 @@ def test_sigterm_saves_exits_75_and_resumes(tmp_path):
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if "batch 1/2 fitted" in line:
+        if "progress " in line:   # the first group of finished items is in the work dir
             deadline = time.monotonic() + 60
-            while not (work / "batch-00001.ckpt").exists() and time.monotonic() < deadline:
-                time.sleep(0.01)   # signal inside batch 2 (between batches there is no checkpoint to test)
+            while not (work / "job.ckpt").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)   # signal once the later items have a checkpoint to resume from
             proc.send_signal(signal.SIGTERM)
             break
     lines += proc.stderr.readlines()
     assert proc.wait(timeout=120) == 75, "".join(lines)
-    assert any("batch 2/2 interrupted (signal SIGTERM)" in line for line in lines), "".join(lines)
-    assert (work / "batch-00000.h5").exists() and (work / "batch-00001.ckpt").exists()
+    assert any("job interrupted (signal SIGTERM)" in line for line in lines), "".join(lines)
+    assert (work / "group-00000.h5").exists() and (work / "job.ckpt").exists()
 
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "batch 1/2 reused from work dir" in done.stderr and "batch 2/2 fitted" in done.stderr
-    assert (tmp_path / "fit/basic/train-00000.h5").exists() and not (work / "batch-00001.ckpt").exists()
+    assert "finished group(s) of" in done.stderr and "reused from work dir" in done.stderr
+    assert "resuming from in-job checkpoint" in done.stderr and "job fitted" in done.stderr
+    assert (tmp_path / "fit/basic/train-00000.h5").exists() and not (work / "job.ckpt").exists()
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")

@@ -138,7 +138,7 @@ def test_resume_from_in_batch_checkpoint_is_bitwise_identical(phase):
     with pytest.raises(FitInterrupted):
         fit_images(images, spec, settings, init=init, use_compile="off", should_stop=stop_after_23_steps,
                    on_checkpoint=saved.append)
-    assert [s["step"] for s in saved][-1] >= 20 and len(saved) >= 2
+    assert [s["step_count"] for s in saved][-1] >= 20 and len(saved) >= 2
     resumed = fit_images(images, spec, settings, init=init, use_compile="off", resume_state=saved[-1])
     for a, b in zip(whole.params, resumed.params):
         assert torch.equal(a, b)
@@ -153,20 +153,19 @@ def test_out_of_memory_halves_the_batch_and_goes_on(monkeypatch, capsys, tmp_pat
     settings = phase_settings({"iterations": 10, "check_every": 5}, "basic")
     whole = family.fit_batch(samples, None, [42] * 5, settings, "cpu")
 
-    real = engine.fit_images
+    real = engine._TrainSteps.__call__
     seen = []
 
-    def small_memory(images01, *args, **kwargs):
-        seen.append(images01.shape[0])
-        if images01.shape[0] > 2:
+    def small_memory(self, theta, *args):
+        seen.append(theta.shape[0])
+        if theta.shape[0] > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
-        return real(images01, *args, **kwargs)
+        return real(self, theta, *args)
 
-    monkeypatch.setattr(engine, "fit_images", small_memory)
-    family.chunk_size = None
+    monkeypatch.setattr(engine._TrainSteps, "__call__", small_memory)
     halved = family.fit_batch(samples, None, [42] * 5, settings, "cpu",
                               BatchCheckpoint(tmp_path / "b.ckpt", "fp"))
-    assert seen[:3] == [5, 2, 2] and family.chunk_size == 2
+    assert seen[:3] == [5, 2, 2] and max(seen[1:]) == 2   # halved once, the evicted items fitted later
     assert "halving the batch to 2 items" in capsys.readouterr().err
     for name in whole.params:
         np.testing.assert_allclose(halved.params[name], whole.params[name], rtol=1e-5, atol=1e-6)

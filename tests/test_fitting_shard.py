@@ -1,4 +1,5 @@
-"""Shard fitting: batches in the work dir, resume after a kill, corrupt batch files, refinement jobs."""
+"""Shard fitting: one stream per job, finished groups in the work dir, resume after a kill, corrupt group files,
+refinement jobs."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _loader(with_label_map=False):
 
 
 class _StopAfter:
-    """Stop request after ``n`` polls (the engine polls once per step), like a SIGTERM mid-batch."""
+    """Stop request after ``n`` polls (the stream polls once per step), like a SIGTERM mid-job."""
 
     def __init__(self, n):
         self.n, self.reason = n, None
@@ -61,43 +62,70 @@ class _StopAfter:
 def test_resume_after_kill_gives_the_same_weights(tmp_path, capsys):
     cfg = _dataset_cfg()
     whole = fit_shard(_manifest(), _loader(), cfg, tmp_path / "a", "basic", dataset="demo")
-    assert "batch 3/3 fitted (items 4-4)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "job fitted (5 items in 3 group(s))" in err and "progress 5/5 items" in err
 
-    with pytest.raises(FitInterrupted):   # batch 1 takes 21 polls; stop 13 steps into batch 2
+    with pytest.raises(FitInterrupted):   # the first two items take 21 steps; stop 13 steps into the next two
         fit_shard(_manifest(), _loader(), cfg, tmp_path / "b", "basic", stop=_StopAfter(21 + 13))
-    assert (tmp_path / "b" / "batch-00000.h5").exists()
-    assert (tmp_path / "b" / "batch-00001.ckpt").exists() and not (tmp_path / "b" / "batch-00001.h5").exists()
+    assert (tmp_path / "b" / "group-00000.h5").exists() and not (tmp_path / "b" / "group-00001.h5").exists()
+    assert (tmp_path / "b" / "job.ckpt").exists()
     capsys.readouterr()
     resumed = fit_shard(_manifest(), _loader(), cfg, tmp_path / "b", "basic", dataset="demo")
     err = capsys.readouterr().err
-    assert "batch 1/3 reused from work dir" in err and "batch 2/3 fitted (items 2-3)" in err
+    assert "1 finished group(s) of 2 items reused from work dir" in err and "resuming from in-job checkpoint" in err
     assert "progress 5/5 items" in err and "mean PSNR" in err
-    assert not (tmp_path / "b" / "batch-00001.ckpt").exists()
+    assert not (tmp_path / "b" / "job.ckpt").exists()
     for name, value in whole.params.items():
         assert np.array_equal(value, resumed.params[name]), name
     pd.testing.assert_frame_equal(whole.items.drop(columns="seconds"), resumed.items.drop(columns="seconds"))
+    assert whole.items["index"].tolist() == list(range(N_ITEMS))
     assert list(whole.report.columns) == REPORT_COLUMNS
     assert whole.attrs["phase"] == "basic" and whole.attrs["seed_mode"] == "per_item"
     assert whole.attrs["gate_psnr"] == 25.0 and "de-normalised" in whole.attrs["normalisation"]["psnr"]
 
 
-def test_corrupt_or_stale_batch_file_is_refitted(tmp_path, capsys):
+@pytest.mark.parametrize("kill_after", [4, 23, 41, 58])
+def test_gate_stream_resumed_anywhere_is_bitwise_identical(tmp_path, kill_after):
+    """Items stop at different steps and refill their slots; a kill at any step resumes to the same weights."""
+    cfg = _dataset_cfg(stop="gate", min_iterations=3, iterations=60, check_every=1, checkpoint_every=7,
+                       gate_psnr=24.0)
+    whole = fit_shard(_manifest(), _loader(), cfg, tmp_path / "a", "basic")
+    assert len(set(whole.items["iterations"])) > 1 and whole.items["iterations"].min() >= 3
+    work = tmp_path / "b"
+    stop = _StopAfter(kill_after)
+    with pytest.raises(FitInterrupted):
+        fit_shard(_manifest(), _loader(), cfg, work, "basic", stop=stop)
+    resumed = None
+    while resumed is None:   # a second kill in the resumed run too, until it runs through
+        try:
+            resumed = fit_shard(_manifest(), _loader(), cfg, work, "basic", stop=_StopAfter(kill_after))
+        except FitInterrupted:
+            pass
+    for name, value in whole.params.items():
+        assert np.array_equal(value, resumed.params[name]), name
+    pd.testing.assert_frame_equal(whole.items.drop(columns="seconds"), resumed.items.drop(columns="seconds"))
+
+
+def test_corrupt_or_stale_group_file_is_refitted(tmp_path, capsys):
     cfg = _dataset_cfg()
     first = fit_shard(_manifest(), _loader(), cfg, tmp_path, "basic")
-    batch = tmp_path / "batch-00001.h5"
-    data = batch.read_bytes()
-    batch.write_bytes(data[: len(data) // 2])
+    group = tmp_path / "group-00001.h5"
+    data = group.read_bytes()
+    group.write_bytes(data[: len(data) // 2])
     capsys.readouterr()
     again = fit_shard(_manifest(), _loader(), cfg, tmp_path, "basic")
     err = capsys.readouterr().err
-    assert "warning: batch 2/3" in err and "refitting it" in err
-    assert "batch 1/3 reused" in err and "batch 3/3 reused" in err and "batch 2/3 fitted" in err
+    assert "warning: finished group" in err and "group-00001.h5 cannot be reused" in err and "refitting the job" in err
+    assert "job fitted" in err
     for name, value in first.params.items():
         assert np.array_equal(value, again.params[name])
+    capsys.readouterr()
+    again = fit_shard(_manifest(), _loader(), cfg, tmp_path, "basic")   # complete groups, no checkpoint: reused
+    assert "3 finished group(s) of 5 items reused" in capsys.readouterr().err
     # other settings → nothing reused
     fit_shard(_manifest(), _loader(), _dataset_cfg(iterations=10), tmp_path, "basic")
     err = capsys.readouterr().err
-    assert err.count("made with other settings") == 3 and "reused from work dir" not in err
+    assert "made with other settings" in err and "reused from work dir" not in err
 
 
 def test_refinement_job_continues_from_init_and_sums_iterations(tmp_path):

@@ -48,7 +48,7 @@ def test_resume_from_checkpoint_continues_bit_for_bit(scene) -> None:
     saved = []
     full = fit_scenes([scene, other], SPEC, settings, RENDER, seeds=[1, 2],
                       on_checkpoint=lambda st: saved.append(st))
-    assert [s["step"] for s in saved] == [20, 40, 60]
+    assert [s["step_count"] for s in saved] == [20, 40, 60]
     resumed = fit_scenes([scene, other], SPEC, settings, RENDER, seeds=[1, 2], resume_state=saved[1])
     for name in SPEC.param_names():
         assert torch.equal(full.params[name], resumed.params[name]), name
@@ -111,12 +111,12 @@ def test_family_resumes_inside_a_scene_after_an_interruption(scene, tmp_path) ->
         calls["n"] += 1
         return ckpt_path.exists()
 
-    ckpt_path = tmp_path / "batch-00000.ckpt"
+    ckpt_path = tmp_path / "job.ckpt"
     ckpt = BatchCheckpoint(ckpt_path, fingerprint="fp", should_stop=stop_after_first_checkpoint)
     with pytest.raises(FitInterrupted):
         family.fit_batch(samples, None, [42, 42], settings, "cpu", ckpt)
     # the periodic checkpoint at step 20 made should_stop true; the stop then saved the state of step 21
-    assert torch.load(ckpt_path, weights_only=True)["state"]["inflight"]["engine"]["step"] == 21
+    assert torch.load(ckpt_path, weights_only=True)["state"]["engine"]["step_count"] == 21
     resumed = family.fit_batch(samples, None, [42, 42], settings, "cpu", BatchCheckpoint(ckpt_path, fingerprint="fp"))
     for name in family.param_names():
         np.testing.assert_array_equal(reference.params[name], resumed.params[name])

@@ -49,7 +49,7 @@ NOT_COPIED = {".git", ".venv", ".ci", ".snakemake", ".pytest_cache", "__pycache_
               "tests", "docs", "results", "work", "logs", "data"}
 FIT_RULES = ("fit_basic", "fit_extended", "fit_until_threshold")
 # Lines of `izoo fit` (izoo/fitting/shard.py) in logs/{ds}/fit_basic/{shard}.log.
-BATCH_LINE = re.compile(r"izoo-fit: batch (\d+)/(\d+) (fitted|reused from work dir)")
+BATCH_LINE = re.compile(r"izoo-fit: group (\d+)/(\d+) (fitted|reused from work dir)")
 STOPPED_LINE = re.compile(r"izoo-fit: stopped: ")
 RUN_TIMEOUT_S = 420
 

@@ -103,19 +103,19 @@ def test_interrupted_fit_resumes_from_finished_batches(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline:
-        if log.exists() and "batch 2/4 fitted" in log.read_text():
+        if log.exists() and "group 2/4 fitted" in log.read_text():
             break
         if proc.poll() is not None:
             pytest.fail(f"snakemake ended before the interruption:\n{proc.stdout.read()[-3000:]}")
         time.sleep(0.5)
     else:
-        pytest.fail("fit never reached batch 2")
+        pytest.fail("fit never wrote group 2")
     os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler or Ctrl-C sends to the whole job
     proc.wait(timeout=120)
     assert not (work / target).exists()  # declared output never half-written
-    assert list((work / "work" / DS / "basic" / "train-00000").glob("batch-*.h5"))  # progress kept
+    assert list((work / "work" / DS / "basic" / "train-00000").glob("group-*.h5"))  # progress kept
 
     run_snakemake(work, target, "--rerun-incomplete", overlays=(TINY_OVERLAY, slow))
     text = log.read_text()
-    assert "batch 1/4 reused from work dir" in text and "batch 2/4 reused from work dir" in text
+    assert "group 1/4 reused from work dir" in text and "group 2/4 reused from work dir" in text
     assert (work / target).exists()

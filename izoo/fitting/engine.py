@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -30,41 +29,19 @@ import torch
 
 from izoo.errors import IzooError
 from izoo.fitting.phases import PhaseSettings
+from izoo.fitting.stream import (ADAM_BETAS, ADAM_EPS, FitInterrupted, FitResult, FlatLayout, ProgressFn, StreamFit,
+                                 is_out_of_memory)
 from izoo.models import siren
 from izoo.models.siren import Params, SirenSpec
 
 log = logging.getLogger(__name__)
 
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 #: ``compile: auto`` compiles the training step only for fits at least this big (activation elements × steps),
 #: so small CPU runs (tests, demo) never pay the compile time (~10 s on two cores, less from Inductor's cache)
 COMPILE_MIN_WORK = 2.0e10
 #: bytes of one activation tensor per CPU chunk (16 CIFAR-sized items at width 64): the few activations a step
 #: keeps then fit the last-level cache instead of streaming through DRAM
 CPU_CHUNK_BYTES = 4 << 20
-
-ProgressFn = Callable[[int, int, int, float], None]  # (step, max_steps, n_active, mean PSNR of active items)
-
-
-class FitInterrupted(Exception):
-    """A stop was requested (signal or deadline); the in-flight state was handed to the checkpoint callback."""
-
-
-@dataclass
-class FitResult:
-    """Per-item outcome of fitting one batch in one phase (arrays in batch order, tensors on the CPU)."""
-
-    params: Params             # [w0, b0, ...] stacked over items
-    psnr_before: np.ndarray    # float32, PSNR of the initial weights
-    psnr: np.ndarray           # float32, PSNR of the returned weights
-    iterations: np.ndarray     # int64, steps this item took in this phase
-    seconds: np.ndarray        # float32, this item's share of the batch's wall-clock time
-    passed: np.ndarray         # bool, psnr >= gate
-
-    def __len__(self) -> int:
-        return int(self.psnr.shape[0])
-
 
 # --------------------------------------------------------------------------------------------- device handling
 
@@ -83,38 +60,7 @@ def resolve_device(name: str = "auto", tf32: bool = True) -> torch.device:
     return torch.device(name)
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for CUDA and CPU allocator out-of-memory errors."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
 # --------------------------------------------------------------------------------------------- the training step
-
-class _Layout:
-    """Offsets of each parameter tensor inside one item's row of the flat buffer."""
-
-    def __init__(self, spec: SirenSpec):
-        self.shapes = spec.param_shapes()
-        self.sizes = [math.prod(s) for s in self.shapes]
-        # plain ints: numpy integers would make torch.compile treat the slicing as data-dependent (graph break)
-        self.offsets = [int(o) for o in np.cumsum([0] + self.sizes[:-1])]
-        self.n = int(sum(self.sizes))
-
-    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """Per-tensor views ``[B, *shape]`` into a ``[B, n]`` buffer (no copies)."""
-        return [flat[:, o:o + n].view(flat.shape[0], *s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
-
-    def pack(self, params: Params) -> torch.Tensor:
-        """Stacked params → one contiguous ``[B, n]`` buffer."""
-        return torch.cat([p.reshape(p.shape[0], -1) for p in params], dim=1).contiguous()
-
-    def unpack(self, flat: torch.Tensor) -> Params:
-        """``[B, n]`` buffer → contiguous stacked params."""
-        return [v.contiguous() for v in self.views(flat)]
-
 
 def make_train_step(spec: SirenSpec) -> Callable[..., tuple[torch.Tensor, ...]]:
     """The fused training step of a chunk of SIRENs on a pixel grid: forward, hand-written backward, Adam.
@@ -122,13 +68,13 @@ def make_train_step(spec: SirenSpec) -> Callable[..., tuple[torch.Tensor, ...]]:
     ``step(theta, m, v, target, xu, yv, hyper)`` returns the updated ``theta``, ``m``, ``v`` ``[b, n]``, the
     outputs ``[b, out, P]`` of the weights it started from (what a check measures PSNR on), and, compiled, the
     first layer's small sine/cosine tables. ``target`` is ``[b, out, P]`` (normalised), ``xu``/``yv`` the
-    grid's column/row coordinates, ``hyper`` = ``[lr / (1 - β1^t), sqrt(1 - β2^t)]``. Functional, not in
+    grid's column/row coordinates, ``hyper`` ``[b, 2]`` = per item ``[lr / (1 - β1^t), sqrt(1 - β2^t)]``. Functional, not in
     place: mutating chunk views of the full buffers would make torch.compile guard on their base (recompiles).
 
     Plain tensor code, run eagerly or through ``torch.compile`` (one graph per step, so dispatch and guard
     overhead is paid once, and Inductor fuses every element-wise pass around the batched GEMMs).
     """
-    layout = _Layout(spec)
+    layout = FlatLayout(spec.param_shapes())
     w0 = float(spec.w0)
     n_layers = spec.depth
     beta1, beta2 = ADAM_BETAS
@@ -205,7 +151,7 @@ def make_train_step(spec: SirenSpec) -> Callable[..., tuple[torch.Tensor, ...]]:
         # Adam, element-wise over the flat buffer: the arithmetic of torch.optim.Adam's single-tensor path
         m = torch.lerp(m, g, 1 - beta1)
         v = (v * beta2).addcmul_(g, g, value=1 - beta2)
-        theta = theta - m / (v.sqrt() / hyper[1] + ADAM_EPS) * hyper[0]
+        theta = theta - m / (v.sqrt() / hyper[:, 1:2] + ADAM_EPS) * hyper[:, 0:1]
         # returning the first layer's small tables makes Inductor store them instead of recomputing sin/cos
         # per pixel
         return (theta, m, v, out) + (first_saved if fused else ())
@@ -263,230 +209,82 @@ def cpu_chunk_items(width: int, n_pixels: int, dtype: torch.dtype = torch.float3
 
 # --------------------------------------------------------------------------------------------- the fitter
 
-class BatchLoop:
-    """Step bookkeeping shared by the batched fitters (SIREN here, NeRF in ``izoo.nerf.fitting``).
+class SirenBatchFit(StreamFit):
+    """One phase of fitting SIRENs to N images of one size through at most ``slots`` slots (continuous batching);
+    resumable from ``state()``."""
 
-    Needs ``settings`` (a ``PhaseSettings``), ``step``, ``rows`` (active items), ``seconds``, the per-item
-    trackers ``best_psnr``, ``stall_ref``, ``stall_step``, ``device`` and ``state()`` on the fitter.
-    """
-
-    def _charge(self, tick: float) -> float:
-        """Share the time since ``tick`` equally among the active items; returns the new tick."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        if len(self.rows):
-            self.seconds[self.rows] += (now - tick) / len(self.rows)
-        return now
-
-    def _update_trackers(self, psnr: torch.Tensor, improved: torch.Tensor, final: bool) -> torch.Tensor:
-        """At a check: update best PSNR and stall trackers of the active items; returns which of them stop now."""
-        st = self.settings
-        rows = self.rows
-        self.best_psnr[rows] = torch.where(improved, psnr, self.best_psnr[rows])
-        gained = psnr >= self.stall_ref[rows] + st.min_delta
-        self.stall_ref[rows] = torch.where(gained, psnr, self.stall_ref[rows])
-        self.stall_step[rows] = torch.where(gained, torch.full_like(self.stall_step[rows], self.step),
-                                            self.stall_step[rows])
-        stop = torch.zeros(len(rows), dtype=torch.bool)
-        if final:
-            stop[:] = True
-        else:
-            if st.stop_on_pass:
-                stop |= psnr >= st.gate_psnr
-            if st.patience is not None:
-                stop |= (self.step - self.stall_step[rows]) >= st.patience
-        return stop
-
-    def _stop_or_checkpoint(self, tick: float, resumed_at: int, should_stop: Callable[[], bool] | None,
-                            on_checkpoint: Callable[[dict[str, Any]], None] | None) -> float:
-        """Top of a step: on a stop request save a checkpoint and raise ``FitInterrupted``; else save periodically."""
-        st = self.settings
-        if should_stop is not None and should_stop():
-            if on_checkpoint is not None:
-                self._charge(tick)
-                on_checkpoint(self.state())
-            raise FitInterrupted(f"stopped at step {self.step}/{st.max_steps}")
-        if (on_checkpoint is not None and st.checkpoint_every and self.step > resumed_at
-                and self.step % st.checkpoint_every == 0):
-            tick = self._charge(tick)
-            on_checkpoint(self.state())
-        return tick
-
-
-class SirenBatchFit(BatchLoop):
-    """One phase of fitting B SIRENs to B images of one size; resumable from ``state()``."""
+    family = "siren"
 
     def __init__(self, spec: SirenSpec, images01: torch.Tensor, settings: PhaseSettings, init: Params,
                  device: torch.device | str = "cpu", use_compile: bool | str = "auto",
-                 chunk_items: int | None = None):
+                 chunk_items: int | None = None, slots: int | None = None):
         if images01.dim() != 4 or images01.shape[1] != spec.out_features:
             raise ValueError(f"images must be [B, {spec.out_features}, H, W], got {tuple(images01.shape)}")
-        self.spec, self.settings = spec, settings
-        self.device = torch.device(device)
-        self.dtype = images01.dtype
-        self.layout = _Layout(spec)
+        self.spec = spec
+        self.layout = FlatLayout(spec.param_shapes())
+        super().__init__(self.layout.pack([p.to(images01.dtype) for p in init]), settings, device=device,
+                         dtype=images01.dtype, slots=slots)
         n_items, _, height, width = images01.shape
-        self.n_items, self.n_pixels = n_items, height * width
-        # feature-major targets [B, 3, P]: normalised (what is fitted) and [0, 1] (what PSNR is measured on)
+        self.n_pixels = height * width
+        # feature-major targets [N, 3, P]: normalised (what is fitted) and [0, 1] (what PSNR is measured on)
         t01 = images01.to(self.device).reshape(n_items, spec.out_features, -1)
         self.mean = torch.tensor(siren.IMAGENET_MEAN, device=self.device, dtype=self.dtype).view(1, 3, 1)
         self.std = torch.tensor(siren.IMAGENET_STD, device=self.device, dtype=self.dtype).view(1, 3, 1)
         self.all_t01 = t01.contiguous()
         self.all_tn = ((t01 - self.mean) / self.std).contiguous()
-        self.coords = siren.coordinate_grid(height, width, device=self.device).to(self.dtype)    # [P, 2]
-        self.xu = self.coords[:width, 0].contiguous()                                          # column x's
-        self.yv = self.coords[::width, 1].contiguous()                                         # row y's
-        work = float(n_items) * spec.width * self.n_pixels * (spec.depth - 1) * settings.max_steps
+        coords = siren.coordinate_grid(height, width, device=self.device).to(self.dtype)     # [P, 2]
+        self.xu = coords[:width, 0].contiguous()                                            # column x's
+        self.yv = coords[::width, 1].contiguous()                                           # row y's
+        work = float(min(n_items, self.slots)) * spec.width * self.n_pixels * (spec.depth - 1) * settings.max_steps
         self.train_step = _TrainSteps(spec, want_compile(use_compile, work))
         # CPU: cache-sized chunks of items per step call; CUDA: the whole batch (one image cannot fill a GPU)
         self.chunk_items = chunk_items or (cpu_chunk_items(spec.width, self.n_pixels, self.dtype)
-                                           if self.device.type == "cpu" else n_items)
-        flat = self.layout.pack([p.to(self.device, self.dtype) for p in init])
-        self._fresh(flat)
+                                           if self.device.type == "cpu" else max(n_items, 1))
+        self._targets: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    # ----- state
-    def _fresh(self, flat: torch.Tensor) -> None:
-        n = self.n_items
-        self.step = 0
-        self.rows = torch.arange(n)                          # batch positions of the active rows
-        self.theta = flat.clone()
-        self.m = torch.zeros_like(self.theta)
-        self.v = torch.zeros_like(self.theta)
-        self.best_theta = self.theta.clone() if self.settings.keep_best else None
-        self.best_psnr = torch.full((n,), -math.inf, dtype=torch.float64)
-        self.stall_ref = torch.full((n,), -math.inf, dtype=torch.float64)
-        self.stall_step = torch.zeros(n, dtype=torch.int64)
-        self.out_theta = torch.zeros(n, self.layout.n, dtype=self.dtype)   # CPU, finished items
-        self.out_psnr = torch.full((n,), float("nan"), dtype=torch.float64)
-        self.out_iters = torch.zeros(n, dtype=torch.int64)
-        self.psnr_before = torch.full((n,), float("nan"), dtype=torch.float64)
-        self.seconds = torch.zeros(n, dtype=torch.float64)
-        self.finished = torch.zeros(n, dtype=torch.bool)
-        self._select_targets()
+    def _rows_changed(self) -> None:
+        self._targets = None
 
-    def _select_targets(self) -> None:
-        """Targets of the active rows (kept compacted alongside the parameters)."""
-        rows = self.rows.to(self.device)
-        self.tn, self.t01 = self.all_tn[rows], self.all_t01[rows]
+    def _lr_at(self, steps: np.ndarray) -> np.ndarray:
+        return np.array([self.settings.lr_at(int(s)) for s in steps], dtype=np.float64)
 
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue bit-for-bit (CPU tensors)."""
-        cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
-        return {"step": self.step, "rows": cpu(self.rows), "theta": cpu(self.theta), "m": cpu(self.m),
-                "v": cpu(self.v), "best_theta": cpu(self.best_theta), "best_psnr": cpu(self.best_psnr),
-                "stall_ref": cpu(self.stall_ref), "stall_step": cpu(self.stall_step), "out_theta": cpu(self.out_theta),
-                "out_psnr": cpu(self.out_psnr), "out_iters": cpu(self.out_iters), "psnr_before": cpu(self.psnr_before),
-                "seconds": cpu(self.seconds), "finished": cpu(self.finished), "n_items": self.n_items,
-                "phase": self.settings.phase}
+    def _params_out(self, flat: torch.Tensor) -> Params:
+        return self.layout.unpack(flat)
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Continue from ``state()`` of an interrupted run of the same batch and phase."""
-        if state.get("n_items") != self.n_items or state.get("phase") != self.settings.phase:
-            raise ValueError("checkpoint belongs to another batch or phase")
-        dev = lambda t: None if t is None else t.to(self.device)  # noqa: E731
-        self.step = int(state["step"])
-        self.rows = state["rows"].clone()
-        self.theta, self.m, self.v = dev(state["theta"]), dev(state["m"]), dev(state["v"])
-        self.best_theta = dev(state["best_theta"])
-        for key in ("best_psnr", "stall_ref", "stall_step", "out_theta", "out_psnr", "out_iters", "psnr_before",
-                    "seconds", "finished"):
-            setattr(self, key, state[key].clone())
-        self._select_targets()
-
-    # ----- maths
-    def _train(self, collect: bool) -> torch.Tensor | None:
-        """One training step of every active item, chunk by chunk; the pre-step outputs ``[A, 3, P]`` if
-        ``collect`` (for a check)."""
-        t = self.step + 1
-        hyper = torch.tensor([self.settings.lr_at(self.step) / (1 - ADAM_BETAS[0] ** t),
-                              math.sqrt(1 - ADAM_BETAS[1] ** t)], dtype=self.dtype, device=self.device)
+    def _train(self, check: torch.Tensor) -> torch.Tensor:
+        """One training step of every active item, chunk by chunk; PSNR of the pre-step outputs of ``check``."""
+        if self._targets is None:
+            rows = self.pos.to(self.device)
+            self._targets = (self.all_tn[rows], self.all_t01[rows])
+        tn, t01 = self._targets
+        hyper = self.adam_hyper()
+        n = len(self.pos)
+        one_chunk = n <= self.chunk_items
+        new = None if one_chunk else (torch.empty_like(self.theta), torch.empty_like(self.m), torch.empty_like(self.v))
         outs = []
-        for lo in range(0, len(self.rows), self.chunk_items):
+        check_d = check.to(self.device)
+        for lo in range(0, n, self.chunk_items):
             part = slice(lo, lo + self.chunk_items)
             # detached chunks are not views of the full buffers for torch.compile, whose guards would otherwise
             # depend on the chunk/buffer size relation (one recompile per batch shape)
-            theta, m, v, out = self.train_step(*(t[part].detach() for t in (self.theta, self.m, self.v, self.tn)),
-                                               self.xu, self.yv, hyper)[:4]
-            self.theta[part], self.m[part], self.v[part] = theta, m, v
-            if collect:
-                outs.append(out)
-        return torch.cat(outs) if collect else None
-
-    def _evaluate(self) -> torch.Tensor:
-        """Outputs ``[A, 3, P]`` of the current weights (no update), through the shared functional forward."""
-        out = siren.forward(self.layout.views(self.theta), self.coords, self.spec.w0)
-        return out.transpose(1, 2)
+            theta, m, v, out = self.train_step(*(t[part].detach() for t in (self.theta, self.m, self.v, tn)),
+                                               self.xu, self.yv, hyper[part])[:4]
+            if one_chunk:
+                new = (theta, m, v)
+            else:   # written into fresh buffers: an out-of-memory in a later chunk leaves the state untouched
+                new[0][part], new[1][part], new[2][part] = theta, m, v
+            sel = check_d[part]
+            if bool(sel.any()):
+                outs.append(out[sel])
+        self.theta, self.m, self.v = new
+        if not outs:
+            return torch.zeros(0, dtype=torch.float64)
+        return self._psnr(torch.cat(outs), t01[check_d])
 
     def _psnr(self, out: torch.Tensor, t01: torch.Tensor) -> torch.Tensor:
         pred = (out * self.std + self.mean).clamp_(0.0, 1.0)
         mse = (pred - t01).pow_(2).mean(dim=(1, 2))
         return (-10.0 * torch.log10(mse.clamp_min(1e-12))).double().cpu()
-
-    # ----- bookkeeping at checks
-    def _check(self, psnr: torch.Tensor, final: bool, before: torch.Tensor) -> None:
-        """Update trackers at a check of the weights ``before`` (this step's update may already be applied to
-        ``theta``); finish items that stop, with those weights, and drop them from the batch."""
-        st = self.settings
-        rows = self.rows
-        if self.step == 0:
-            self.psnr_before[rows] = psnr
-        improved = psnr > self.best_psnr[rows]
-        if st.keep_best and bool(improved.any()):
-            idx = improved.nonzero().squeeze(1).to(self.theta.device)
-            self.best_theta[idx] = before[idx]
-        stop = self._update_trackers(psnr, improved, final)
-        if not bool(stop.any()):
-            return
-        local = stop.nonzero().squeeze(1)
-        done = rows[local]
-        source = self.best_theta if st.keep_best else before
-        self.out_theta[done] = source[local.to(source.device)].to("cpu", self.dtype)
-        self.out_psnr[done] = self.best_psnr[done] if st.keep_best else psnr[local]
-        self.out_iters[done] = self.step
-        self.finished[done] = True
-        keep = (~stop).nonzero().squeeze(1)
-        kd = keep.to(self.theta.device)
-        self.rows = rows[keep]
-        self.theta, self.m, self.v = self.theta[kd], self.m[kd], self.v[kd]
-        self.tn, self.t01 = self.tn[kd], self.t01[kd]
-        if self.best_theta is not None:
-            self.best_theta = self.best_theta[kd]
-
-    # ----- the loop
-    def run(self, should_stop: Callable[[], bool] | None = None,
-            on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-            progress: ProgressFn | None = None) -> FitResult:
-        """Train until every item has finished; a stop request checkpoints and raises ``FitInterrupted``."""
-        st = self.settings
-        tick = time.perf_counter()
-        resumed_at = self.step
-        while len(self.rows) > 0:
-            tick = self._stop_or_checkpoint(tick, resumed_at, should_stop, on_checkpoint)
-            final = self.step >= st.max_steps
-            is_check = final or self.step % st.check_every == 0
-            if final:
-                before, out = self.theta, self._evaluate()
-            else:
-                # a check looks at the weights this step starts from; items that stop there keep those
-                before = self.theta.clone() if is_check else self.theta
-                out = self._train(collect=is_check)
-            if is_check:
-                psnr = self._psnr(out, self.t01)
-                tick = self._charge(tick)
-                self._check(psnr, final, before)
-                if progress is not None and len(psnr):
-                    progress(self.step, st.max_steps, len(self.rows), float(psnr.mean()))
-            if not final:
-                self.step += 1
-        self._charge(tick)
-        gate = st.gate_psnr
-        psnr = self.out_psnr.float().numpy()
-        return FitResult(params=[p.clone() for p in self.layout.unpack(self.out_theta)],
-                         psnr_before=self.psnr_before.float().numpy(), psnr=psnr,
-                         iterations=self.out_iters.numpy().astype(np.int64),
-                         seconds=self.seconds.float().numpy(), passed=psnr >= gate)
-
 
 
 def fit_images(images01: torch.Tensor, spec: SirenSpec, settings: PhaseSettings, init: Params | None = None,
@@ -494,11 +292,12 @@ def fit_images(images01: torch.Tensor, spec: SirenSpec, settings: PhaseSettings,
                use_compile: bool | str = "auto", resume_state: dict[str, Any] | None = None,
                should_stop: Callable[[], bool] | None = None,
                on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-               progress: ProgressFn | None = None) -> FitResult:
-    """Fit one phase for B images ``[B, 3, H, W]`` in [0, 1] from ``init`` (or SIREN inits from ``seeds``)."""
+               progress: ProgressFn | None = None, slots: int | None = None) -> FitResult:
+    """Fit one phase for N images ``[N, 3, H, W]`` in [0, 1] from ``init`` (or SIREN inits from ``seeds``),
+    ``slots`` at a time (default: all at once)."""
     if init is None:
         init = siren.init_params(spec, seeds if seeds is not None else [42] * images01.shape[0])
-    fitter = SirenBatchFit(spec, images01, settings, init, device=device, use_compile=use_compile)
+    fitter = SirenBatchFit(spec, images01, settings, init, device=device, use_compile=use_compile, slots=slots)
     if resume_state is not None:
         fitter.load_state(resume_state)
     return fitter.run(should_stop=should_stop, on_checkpoint=on_checkpoint, progress=progress)

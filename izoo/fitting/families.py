@@ -13,11 +13,15 @@ member                                          meaning
                                                 (must include ``layer_shapes``)
 ``file_attrs() -> dict``                        further attributes (``normalisation``, ``coordinate_convention``)
 ``init(seeds) -> dict[str, ndarray]``           initial parameters ``[n, *shape]`` for per-item seeds
-``fit_batch(samples, init_params, seeds,        fit one batch in one phase; ``init_params`` is ``None`` (start
-  settings, device, checkpoint, progress)       from ``init(seeds)``) or a dict like ``init``'s; ``settings`` is a
-  -> BatchFit``                                 ``PhaseSettings``; ``checkpoint`` a ``BatchCheckpoint`` (resume
-                                                state, periodic saves, stop requests → save + ``FitInterrupted``);
-                                                ``progress(step, max_steps, n_active, mean_psnr)`` or ``None``
+``fit_batch(samples, init_params, seeds,        fit the samples in one phase, ``slots`` at a time (continuous
+  settings, device, checkpoint, progress,       batching, ``izoo.fitting.stream``); ``init_params`` is ``None``
+  slots, on_group) -> BatchFit | None``         (start from ``init(seeds)``) or a dict like ``init``'s;
+                                                ``settings`` is a ``PhaseSettings``; ``checkpoint`` a
+                                                ``BatchCheckpoint`` (resume state, periodic saves, stop requests →
+                                                save + ``FitInterrupted``); ``progress(finished, total, n_active,
+                                                mean_psnr)`` or ``None``; with ``on_group`` finished items are
+                                                handed out in groups (``BatchFit`` with ``positions``) and ``None``
+                                                is returned, else one ``BatchFit`` of all samples
 ``extras(samples) -> dict[str, ndarray]``       per-item arrays stored under ``/extras`` (e.g. ``label_map``)
 ==============================================  ============================================================
 
@@ -68,7 +72,7 @@ def get_family(name: str) -> type:
 
 @dataclass
 class BatchFit:
-    """Per-item outcome of ``fit_batch`` (arrays in sample order)."""
+    """Per-item outcome of ``fit_batch`` (arrays in ``positions`` order: positions in the sample list)."""
 
     params: dict[str, np.ndarray]
     psnr_before: np.ndarray
@@ -76,6 +80,7 @@ class BatchFit:
     iterations: np.ndarray
     seconds: np.ndarray
     passed: np.ndarray
+    positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(len(self.psnr))
@@ -94,13 +99,18 @@ class BatchCheckpoint:
         self.fingerprint = fingerprint
         self._should_stop = should_stop
         self._warn = warn or log.warning
+        #: the caller's own bookkeeping, saved with every state (``fit_shard``: groups written so far)
+        self.meta: dict[str, Any] = {}
+        self._loaded: dict[str, Any] | None = None
 
     def should_stop(self) -> bool:
         """Whether a signal or deadline asked the job to stop."""
         return bool(self._should_stop and self._should_stop())
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state of this batch, or ``None``."""
+        """The saved state of this job, or ``None`` (``meta`` is restored alongside; read once, then cached)."""
+        if self._loaded is not None:
+            return self._loaded["state"]
         if self.path is None or not self.path.exists():
             return None
         try:
@@ -111,6 +121,8 @@ class BatchCheckpoint:
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             self._warn(f"in-batch checkpoint {self.path} was made with other settings; starting the batch over")
             return None
+        self._loaded = state
+        self.meta = dict(state.get("meta") or {})
         return state["state"]
 
     def save(self, state: dict[str, Any]) -> None:
@@ -118,10 +130,11 @@ class BatchCheckpoint:
         if self.path is None:
             return
         with atomic_path(self.path) as tmp:
-            torch.save({"fingerprint": self.fingerprint, "state": state}, tmp)
+            torch.save({"fingerprint": self.fingerprint, "state": state, "meta": dict(self.meta)}, tmp)
 
     def clear(self) -> None:
         """Delete the checkpoint once the batch file is written."""
+        self._loaded = None
         if self.path is not None:
             self.path.unlink(missing_ok=True)
 
@@ -139,7 +152,6 @@ class SirenFamily:
         except ValueError as exc:
             raise IzooError(f"bad model config: {exc}", "config.yaml", "fix the dataset's model: section") from exc
         self.fit_cfg = fit_config(fit_cfg)
-        self.chunk_size: int | None = None   # items fitted at once after an out-of-memory halving
 
     # ----- description
     def param_names(self) -> list[str]:
@@ -190,71 +202,23 @@ class SirenFamily:
     # ----- fitting
     def fit_batch(self, samples: Sequence[Any], init_params: Mapping[str, np.ndarray] | None, seeds: Sequence[int],
                   settings: PhaseSettings, device: torch.device | str, checkpoint: BatchCheckpoint | None = None,
-                  progress: engine.ProgressFn | None = None) -> BatchFit:
-        """Fit the samples' images in groups of one size, halving the group on out-of-memory; resumable."""
-        n = len(samples)
+                  progress: engine.ProgressFn | None = None, slots: int | None = None,
+                  on_group: Callable[[BatchFit], None] | None = None) -> BatchFit | None:
+        """Fit the samples' images, one stream per image size, ``slots`` at a time; resumable."""
         images = [self._image(s) for s in samples]
         init = init_params if init_params is not None else self.init(seeds)
-        flat_init = [np.asarray(init[k], dtype=np.float32) for k in self.param_names()]
-        checkpoint = checkpoint or BatchCheckpoint(None)
-        saved = checkpoint.load() or {}
-        done: dict[str, torch.Tensor] = saved.get("done") or {
-            "mask": torch.zeros(n, dtype=torch.bool), "psnr_before": torch.zeros(n), "psnr": torch.zeros(n),
-            "iterations": torch.zeros(n, dtype=torch.int64), "seconds": torch.zeros(n, dtype=torch.float64),
-            **{f"p{k}": torch.zeros(n, *p.shape[1:]) for k, p in enumerate(flat_init)}}
-        if saved.get("chunk_size"):
-            self.chunk_size = int(saved["chunk_size"])
-        inflight = saved.get("inflight")
+        names = self.param_names()
+        flat_init = [torch.from_numpy(np.asarray(init[k], dtype=np.float32)) for k in names]
         use_compile = self.fit_cfg.get("compile", "auto")
 
-        while not bool(done["mask"].all()):
-            positions = self._next_unit(images, done["mask"])
-            resume = None
-            if inflight is not None and inflight["positions"].tolist() == positions:
-                resume = inflight["engine"]
-            inflight = None
+        def make_fitter(positions: list[int]) -> engine.SirenBatchFit:
             sel = torch.as_tensor(positions)
+            return engine.SirenBatchFit(self.spec, torch.stack([images[i] for i in positions]), settings,
+                                        [p[sel] for p in flat_init], device=device, use_compile=use_compile,
+                                        slots=slots)
 
-            def save(engine_state: dict[str, Any], _pos: list[int] = positions) -> None:
-                checkpoint.save({"chunk_size": self.chunk_size, "done": done,
-                                 "inflight": {"positions": torch.as_tensor(_pos), "engine": engine_state}})
-
-            oom = None
-            try:
-                res = engine.fit_images(torch.stack([images[i] for i in positions]), self.spec, settings,
-                                        init=[torch.from_numpy(p[sel.numpy()]) for p in flat_init], device=device,
-                                        use_compile=use_compile, resume_state=resume,
-                                        should_stop=checkpoint.should_stop,
-                                        on_checkpoint=save if checkpoint.path else None, progress=progress)
-            except Exception as exc:
-                if not engine.is_out_of_memory(exc):
-                    raise
-                oom = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if oom is not None:  # outside the except block, so the failed attempt's tensors are freed first
-                if len(positions) <= 1:
-                    raise IzooError(f"one item does not fit in {device} memory ({oom})", None,
-                                    "use a device with more memory or a smaller model")
-                self.chunk_size = max(1, len(positions) // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                emit(f"warning: out of memory fitting {len(positions)} items at once on {device}; "
-                     f"halving the batch to {self.chunk_size} items and going on")
-                continue
-            done["mask"][sel] = True
-            done["psnr_before"][sel] = torch.from_numpy(res.psnr_before)
-            done["psnr"][sel] = torch.from_numpy(res.psnr)
-            done["iterations"][sel] = torch.from_numpy(res.iterations)
-            done["seconds"][sel] = torch.from_numpy(res.seconds).double()
-            for k, p in enumerate(res.params):
-                done[f"p{k}"][sel] = p.float()
-            if not bool(done["mask"].all()) and checkpoint.path is not None:
-                checkpoint.save({"chunk_size": self.chunk_size, "done": done, "inflight": None})
-
-        psnr = done["psnr"].numpy().astype(np.float32)
-        return BatchFit(params={name: done[f"p{k}"].numpy() for k, name in enumerate(self.param_names())},
-                        psnr_before=done["psnr_before"].numpy().astype(np.float32), psnr=psnr,
-                        iterations=done["iterations"].numpy().astype(np.int64),
-                        seconds=done["seconds"].numpy().astype(np.float32), passed=psnr >= settings.gate_psnr)
+        return fit_in_streams(same_size_units([tuple(im.shape) for im in images]), make_fitter, names,
+                              lambda params: [p.numpy() for p in params], settings, checkpoint, progress, on_group)
 
     def _image(self, sample: Any) -> torch.Tensor:
         image = getattr(sample, "image", None)
@@ -267,16 +231,98 @@ class SirenFamily:
                             f"expected [{self.spec.out_features}, H, W]", None, "check the dataset reader")
         return image
 
-    def _next_unit(self, images: Sequence[torch.Tensor], done_mask: torch.Tensor) -> list[int]:
-        """Positions fitted together next: not yet done, one image size, at most ``chunk_size`` items."""
-        todo = [i for i in range(len(images)) if not bool(done_mask[i])]
-        size = tuple(images[todo[0]].shape)
-        same = [i for i in todo if tuple(images[i].shape) == size]
-        limit = self.chunk_size or len(same)
-        return same[:limit]
-
 
 register_family("siren", SirenFamily)
+
+
+def same_size_units(shapes: Sequence[tuple[int, ...]]) -> list[list[int]]:
+    """Positions grouped by item size, in order of first appearance (items of one size share a stream)."""
+    units: dict[tuple[int, ...], list[int]] = {}
+    for pos, shape in enumerate(shapes):
+        units.setdefault(tuple(shape), []).append(pos)
+    return list(units.values())
+
+
+def _batch_fit(res: engine.FitResult, names: Sequence[str], as_arrays: Callable[[Any], list[np.ndarray]],
+               positions: Sequence[int]) -> BatchFit:
+    """A stream's result with parameters by name and positions in the caller's sample list."""
+    local = res.positions if res.positions is not None else np.arange(len(res))
+    return BatchFit(params={k: np.asarray(v, dtype=np.float32) for k, v in zip(names, as_arrays(res.params))},
+                    psnr_before=res.psnr_before, psnr=res.psnr, iterations=res.iterations, seconds=res.seconds,
+                    passed=res.passed, positions=np.asarray(positions, dtype=np.int64)[local])
+
+
+def concat_batch_fits(parts: Sequence[BatchFit], names: Sequence[str]) -> BatchFit:
+    """One ``BatchFit`` of several, sorted by position."""
+    positions = np.concatenate([p.positions for p in parts])
+    order = np.argsort(positions, kind="stable")
+    cat = lambda field: np.concatenate([getattr(p, field) for p in parts])[order]  # noqa: E731
+    return BatchFit(params={k: np.concatenate([p.params[k] for p in parts])[order] for k in names},
+                    psnr_before=cat("psnr_before"), psnr=cat("psnr"), iterations=cat("iterations"),
+                    seconds=cat("seconds"), passed=cat("passed"), positions=positions[order])
+
+
+def _fits_to_tensors(parts: Sequence[BatchFit], names: Sequence[str]) -> dict[str, torch.Tensor] | None:
+    """Finished items kept in memory, in the plain-tensor form a ``weights_only`` checkpoint accepts."""
+    if not parts:
+        return None
+    whole = concat_batch_fits(parts, names)
+    out = {f: torch.from_numpy(np.ascontiguousarray(getattr(whole, f)))
+           for f in ("psnr_before", "psnr", "iterations", "seconds", "passed", "positions")}
+    out.update({f"param:{k}": torch.from_numpy(np.ascontiguousarray(whole.params[k])) for k in names})
+    return out
+
+
+def _fits_from_tensors(saved: Mapping[str, torch.Tensor] | None, names: Sequence[str]) -> list[BatchFit]:
+    if not saved:
+        return []
+    get = lambda f: saved[f].numpy()  # noqa: E731
+    return [BatchFit(params={k: saved[f"param:{k}"].numpy() for k in names}, psnr_before=get("psnr_before"),
+                     psnr=get("psnr"), iterations=get("iterations"), seconds=get("seconds"), passed=get("passed"),
+                     positions=get("positions"))]
+
+
+def fit_in_streams(units: Sequence[Sequence[int]], make_fitter: Callable[[list[int]], Any], names: Sequence[str],
+                   as_arrays: Callable[[Any], list[np.ndarray]], settings: PhaseSettings,
+                   checkpoint: BatchCheckpoint | None, progress: engine.ProgressFn | None,
+                   on_group: Callable[[BatchFit], None] | None) -> BatchFit | None:
+    """Run one stream (``make_fitter(positions)``, a ``StreamFit``) per unit of positions, in order, resumable.
+
+    The checkpoint holds the unit in flight and its stream state; earlier units were handed to ``on_group``
+    (or, without it, are kept in the checkpoint too).
+    """
+    checkpoint = checkpoint or BatchCheckpoint(None)
+    saved = checkpoint.load() or {}
+    first_unit = int(saved.get("unit", 0))
+    collected = _fits_from_tensors(saved.get("collected"), names)
+
+    for u in range(first_unit, len(units)):
+        positions = list(units[u])
+        fitter = make_fitter(positions)
+        if u == first_unit and saved.get("engine") is not None:
+            fitter.load_state(saved["engine"])
+
+        def hand_out(res: engine.FitResult, _pos: list[int] = positions) -> None:
+            part = _batch_fit(res, names, as_arrays, _pos)
+            if on_group is not None:
+                on_group(part)
+            else:
+                collected.append(part)
+
+        def save(state: dict[str, Any], _u: int = u) -> None:
+            checkpoint.save({"unit": _u, "engine": state,
+                             "collected": None if on_group is not None else _fits_to_tensors(collected, names)})
+
+        fitter.run(should_stop=checkpoint.should_stop, on_checkpoint=save if checkpoint.path else None,
+                   progress=progress, on_group=hand_out, group_size=fitter.slots, emit=emit)
+    if on_group is not None:
+        return None
+    if not collected:
+        empty = {k: np.zeros((0,), dtype=np.float32) for k in names}
+        return BatchFit(params=empty, psnr_before=np.zeros(0, np.float32), psnr=np.zeros(0, np.float32),
+                        iterations=np.zeros(0, np.int64), seconds=np.zeros(0, np.float32),
+                        passed=np.zeros(0, bool), positions=np.zeros(0, np.int64))
+    return concat_batch_fits(collected, names)
 
 
 def default_device(fit_cfg: Mapping[str, Any] | None) -> torch.device:

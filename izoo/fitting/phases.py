@@ -1,7 +1,9 @@
 """Settings of the three quality-control phases (SPEC §2), derived from a dataset's ``fit:`` config.
 
-* ``basic``: every item, a fixed number of steps, Adam ``lr`` with a cosine schedule down to ``lr_min``;
-  the weights after the last step are kept.
+* ``basic``: every item, Adam ``lr`` with a cosine schedule down to ``lr_min`` over ``iterations`` steps. With
+  ``fit.stop: budget`` (the paper) every item trains all ``iterations`` steps and the last weights are kept; with
+  ``fit.stop: gate`` an item leaves at the first check at which it has passed the gate, but never before
+  ``fit.min_iterations`` steps, and ``iterations`` is only the cap (the released code's loop, the fast path).
 * ``extended``: only items below the gate; continues from the basic weights with a fresh cosine schedule over
   up to ``factor × iterations`` steps; an item stops as soon as it passes the gate or its PSNR has not gained
   ``min_delta`` dB over ``patience`` steps. The best weights seen at a check are kept, so a phase never makes
@@ -22,6 +24,8 @@ from typing import Any, Mapping
 from izoo.errors import IzooError
 
 PHASES = ("basic", "extended", "until_threshold")
+#: how the basic phase ends an item: after the whole budget, or at the first check past the gate
+STOP_MODES = ("budget", "gate")
 
 #: defaults of the ``fit:`` section (config.yaml documents the same values)
 DEFAULT_FIT: dict[str, Any] = {
@@ -31,6 +35,8 @@ DEFAULT_FIT: dict[str, Any] = {
     "lr_min": 1.0e-5,
     "gate_psnr": 30.0,
     "check_every": 50,
+    "stop": "budget",
+    "min_iterations": 0,
     "extended": {"factor": 3, "patience": 300, "min_delta": 0.05},
     "until_threshold": {"cap_iterations": 20000},
     "checkpoint_every": 500,
@@ -67,6 +73,7 @@ class PhaseSettings:
     min_delta: float
     keep_best: bool           # return the best weights seen at a check instead of the last
     checkpoint_every: int     # steps between in-batch checkpoints (0: none)
+    min_steps: int = 0        # no item stops on passing the gate before it took this many steps
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): cosine from ``lr`` to ``lr_min``, as ``CosineAnnealingLR``."""
@@ -89,6 +96,13 @@ def _positive_int(value: Any, name: str) -> int:
     return number
 
 
+def _non_negative_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
+        raise IzooError(f"fit.{name} must be a whole number >= 0 (got {value!r})", "config.yaml",
+                        f"set fit.{name} to a whole number of steps, e.g. 0")
+    return int(value)
+
+
 def phase_settings(fit_cfg: Mapping[str, Any] | None, phase: str) -> PhaseSettings:
     """``PhaseSettings`` of ``phase`` from a dataset's ``fit:`` section (defaults filled in)."""
     cfg = fit_config(fit_cfg)
@@ -99,8 +113,17 @@ def phase_settings(fit_cfg: Mapping[str, Any] | None, phase: str) -> PhaseSettin
                   check_every=_positive_int(cfg["check_every"], "check_every"),
                   checkpoint_every=max(int(cfg.get("checkpoint_every") or 0), 0))
     if phase == "basic":
-        return PhaseSettings(phase=phase, max_steps=iterations, schedule_steps=iterations, stop_on_pass=False,
-                             patience=None, min_delta=0.0, keep_best=False, **common)
+        stop = str(cfg.get("stop", "budget"))
+        if stop not in STOP_MODES:
+            raise IzooError(f"fit.stop must be one of {', '.join(STOP_MODES)} (got {cfg.get('stop')!r})", "config.yaml",
+                            "set fit.stop to budget (train every item all iterations) or gate (stop at the gate)")
+        min_steps = _non_negative_int(cfg.get("min_iterations", 0), "min_iterations")
+        if min_steps > iterations:
+            raise IzooError(f"fit.min_iterations ({min_steps}) is larger than fit.iterations ({iterations})",
+                            "config.yaml", "set fit.min_iterations to at most fit.iterations (the cap)")
+        return PhaseSettings(phase=phase, max_steps=iterations, schedule_steps=iterations,
+                             stop_on_pass=stop == "gate", patience=None, min_delta=0.0, keep_best=False,
+                             min_steps=min_steps, **common)
     if phase == "extended":
         ext = cfg["extended"]
         try:

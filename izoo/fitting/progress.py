@@ -28,7 +28,7 @@ class ProgressMeter:
         self.batch_label = ""
 
     def add(self, psnrs: list[float] | tuple[float, ...], passed: int, fitted: bool) -> None:
-        """Count a finished batch and print the progress line."""
+        """Count a finished group of items and print the progress line."""
         self.done += len(psnrs)
         self.fitted += len(psnrs) if fitted else 0
         self.psnr_sum += float(sum(psnrs))
@@ -38,9 +38,10 @@ class ProgressMeter:
         emit(f"progress {self.done}/{self.total} items, {self.fitted / elapsed:.2f} items/s, "
              f"mean PSNR {mean:.2f} dB, passed {self.passed}/{self.done}")
 
-    def step(self, step: int, max_steps: int, n_active: int, mean_psnr: float) -> None:
-        """In-batch progress from the engine's checks (throttled)."""
+    def step(self, finished: int, total: int, n_active: int, mean_psnr: float) -> None:
+        """In-job progress from the fitter's checks (throttled)."""
         now = time.perf_counter()
         if now - self._last_step_line >= self.interval:
             self._last_step_line = now
-            emit(f"{self.batch_label} step {step}/{max_steps}, {n_active} items active, mean PSNR {mean_psnr:.2f} dB")
+            emit(f"{self.batch_label}: {finished}/{total} finished, {n_active} items active, "
+                 f"mean PSNR at the last check {mean_psnr:.2f} dB")

@@ -1,16 +1,20 @@
-"""Fit a shard (or a refinement job) in batches, resumable from its work directory and safe under SLURM signals.
+"""Fit a shard (or a refinement job) as one stream, resumable from its work directory and safe under SLURM signals.
 
-Work directory layout (never declared to Snakemake):
+The job's items stream through ``fit.batch_size`` slots (continuous batching, ``izoo.fitting.stream``): an item
+that finishes frees its slot for the next one at once. Work directory layout (never declared to Snakemake):
 
-* ``batch-00000.h5`` … one INR file per finished batch (``izoo.archive.layout``), written atomically, carrying
-  a ``work_fingerprint`` attribute (model, seed, fit settings, phase, item indices and init files) and the
-  batch's phase report as extras ``phase_report.{psnr_before,iterations,seconds}`` (datasets, not attributes:
-  HDF5 attributes are limited to 64 KiB); they are left out of the job's weights file;
-* ``batch-00000.ckpt`` the in-flight batch's state every ``checkpoint_every`` steps and on a stop request.
+* ``group-00000.h5`` … finished items, handed out in groups of about ``batch_size`` (in the order they finished)
+  and written atomically as INR files (``izoo.archive.layout``) carrying a ``work_fingerprint`` attribute (model,
+  seed, fit settings, phase, item indices and init files) and the group's phase report as extras
+  ``phase_report.{psnr_before,iterations,seconds}`` (datasets, not attributes: HDF5 attributes are limited to
+  64 KiB); they are left out of the job's weights file;
+* ``job.ckpt`` the in-flight state (slots, queue position, groups written so far) every ``checkpoint_every``
+  steps and on a stop request; finished items not yet in a group are written out as one first.
 
-A restarted job reuses a batch file only after it reads back with the right fingerprint, items and finite
-weights; anything else is refitted with a warning. Fitting is deterministic (full batch over all pixels, fixed
-seeds), so a resumed job produces the same weights as an uninterrupted one.
+A restarted job reuses the groups its checkpoint counts, after each reads back with the right fingerprint, items
+and finite weights; anything else is refitted with a warning. Fitting is deterministic (full batch over all
+pixels, fixed seeds, the slot composition replayed from the checkpoint), so a resumed job produces bitwise the
+same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 from izoo.archive import layout
 from izoo.errors import IzooError
 from izoo.fitting import engine
-from izoo.fitting.families import BatchCheckpoint, default_device, finite_params, get_family
+from izoo.fitting.families import BatchCheckpoint, BatchFit, default_device, finite_params, get_family
 from izoo.fitting.phases import PHASES, fit_config, phase_settings
 from izoo.fitting.progress import ProgressMeter, emit
 from izoo.models import siren
@@ -41,7 +45,8 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the job saved its progress and should be r
 REPORT_COLUMNS = ["index", "item_id", "split", "label", "shard", "phase", "psnr_before", "psnr_after",
                   "iterations", "seconds", "passed"]
 MANIFEST_COLUMNS = ["index", "split", "item_id", "label", "source_id", "shard"]
-PHASE_REPORT = "phase_report."   # prefix of the per-batch report extras (work dir only)
+PHASE_REPORT = "phase_report."   # prefix of the per-group report extras (work dir only)
+JOB_CHECKPOINT = "job.ckpt"      # the in-flight state of a job (slots, queue, groups written)
 
 
 class StopControl:
@@ -164,18 +169,18 @@ def _load_init(batch: pd.DataFrame, names: Sequence[str]) -> tuple[dict[str, np.
     return params, prev_iters, prev_secs
 
 
-def _verify_batch(path: Path, fp: str, batch: pd.DataFrame, shapes: Mapping[str, tuple]) -> tuple[layout.InrFile | None, str]:
-    """The batch file if it can be reused, else ``None`` and why."""
+def _verify_group(path: Path, fp: str, items: pd.DataFrame, shapes: Mapping[str, tuple]) -> tuple[layout.InrFile | None, str]:
+    """The group file if it can be reused, else ``None`` and why."""
     try:
         inr = layout.read_inr_file(path)
     except IzooError as exc:
         return None, exc.what
     if inr.attrs.get("work_fingerprint") != fp:
         return None, "it was made with other settings or items"
-    if inr.items["index"].tolist() != [int(i) for i in batch["index"]]:
-        return None, "its items differ from the batch"
+    if not set(inr.items["index"].tolist()) <= {int(i) for i in items["index"]}:
+        return None, "its items are not items of this job"
     for name, shape in shapes.items():
-        if name not in inr.params or tuple(inr.params[name].shape) != (len(batch), *shape):
+        if name not in inr.params or tuple(inr.params[name].shape) != (len(inr.items), *shape):
             return None, f"params/{name} is missing or has the wrong shape"
     if not finite_params(inr.params):
         return None, "it holds non-finite weights"
@@ -188,9 +193,9 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
               workdir: str | Path, phase: str, *, dataset: str = "", stop: StopControl | None = None,
               device: torch.device | str | None = None) -> ShardOutput:
     """Fit ``items`` (manifest rows; refinement phases also need an ``init`` column naming each item's weights
-    file) in batches of ``fit.batch_size``, reusing finished batches from ``workdir``.
+    file) as one stream through ``fit.batch_size`` slots, reusing finished groups from ``workdir``.
 
-    A stop request (signal, deadline) saves the in-flight batch and raises ``engine.FitInterrupted``.
+    A stop request (signal, deadline) saves the in-flight state and raises ``engine.FitInterrupted``.
     """
     if phase not in PHASES:
         raise IzooError(f"unknown phase {phase!r}", None, f"use one of {', '.join(PHASES)}")
@@ -213,59 +218,100 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
     workdir.mkdir(parents=True, exist_ok=True)
     should_stop = stop.should_stop if stop is not None else (lambda: False)
 
-    n_batches = max(math.ceil(len(items) / batch_size), 0)
+    fp = fingerprint(dataset_cfg, phase, items)
     meter = ProgressMeter(len(items))
-    batch_files: list[layout.InrFile] = []
-    for k in range(n_batches):
-        batch = items.iloc[k * batch_size:(k + 1) * batch_size].reset_index(drop=True)
-        label = f"batch {k + 1}/{n_batches}"
-        first, last = k * batch_size, k * batch_size + len(batch) - 1
-        fp = fingerprint(dataset_cfg, phase, batch)
-        path = workdir / f"batch-{k:05d}.h5"
-        if path.exists():
-            inr, why = _verify_batch(path, fp, batch, family.param_shapes())
-            if inr is not None:
-                emit(f"{label} reused from work dir")
-                batch_files.append(inr)
-                meter.add(inr.items["psnr"].tolist(), int(inr.items["passed"].sum()), fitted=False)
-                continue
-            emit(f"warning: {label} file {path} cannot be reused ({why}); refitting it")
-            path.unlink(missing_ok=True)
+    ckpt = BatchCheckpoint(workdir / JOB_CHECKPOINT, fingerprint=fp, should_stop=should_stop,
+                           warn=lambda m: emit(f"warning: {m}"))
+    groups = _reusable_groups(workdir, ckpt, fp, items, family.param_shapes())
+    # groups hold about batch_size items each (more groups when checkpoints cut some short)
+    expected = max(math.ceil(len(items) / batch_size), 1)
+    for k, inr in enumerate(groups):
+        emit(f"group {k + 1}/{max(expected, len(groups))} reused from work dir ({len(inr.items)} items)")
+        meter.add(inr.items["psnr"].tolist(), int(inr.items["passed"].sum()), fitted=False)
+    done = sum(len(g.items) for g in groups)
+    if groups:
+        emit(f"{len(groups)} finished group(s) of {done} items reused from work dir")
+    if done < len(items):
+        if ckpt.load() is not None:
+            emit(f"resuming from in-job checkpoint {ckpt.path} ({len(items) - done} items in flight or not started)")
         if should_stop():
-            raise engine.FitInterrupted(f"stop requested before {label}")
-        meter.batch_label = label
-        samples = [load_sample(row) for row in batch.to_dict("records")]
-        seeds = siren.item_seeds(seed_mode, seed_base, batch["index"].tolist())
-        prev_iters = np.zeros(len(batch), dtype=np.int64)
-        prev_secs = np.zeros(len(batch), dtype=np.float64)
+            raise engine.FitInterrupted("stop requested before fitting")
+        samples = [load_sample(row) for row in items.to_dict("records")]
+        seeds = siren.item_seeds(seed_mode, seed_base, items["index"].tolist())
+        prev_iters = np.zeros(len(items), dtype=np.int64)
+        prev_secs = np.zeros(len(items), dtype=np.float64)
         init = None
         if phase != "basic":
-            init, prev_iters, prev_secs = _load_init(batch, names)
-        ckpt = BatchCheckpoint(workdir / f"batch-{k:05d}.ckpt", fingerprint=fp, should_stop=should_stop,
-                               warn=lambda m: emit(f"warning: {m}"))
-        try:
-            res = family.fit_batch(samples, init, seeds, settings, device, ckpt, meter.step)
-        except engine.FitInterrupted:
-            emit(f"{label} interrupted ({stop.reason if stop else 'stop requested'}); "
-                 f"in-batch checkpoint saved to {ckpt.path}")
-            raise
-        table = pd.DataFrame({
-            "index": batch["index"].astype(np.int64), "item_id": batch["item_id"].astype(str),
-            "source_id": batch["source_id"].astype(str), "split": batch["split"].astype(str),
-            "label": batch["label"].astype(np.int64), "psnr": res.psnr, "phase": phase,
-            "iterations": prev_iters + res.iterations, "seconds": prev_secs + res.seconds, "passed": res.passed})
-        attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, batch)
+            init, prev_iters, prev_secs = _load_init(items, names)
+        attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, items)
         attrs["work_fingerprint"] = fp
-        extras = {**family.extras(samples), f"{PHASE_REPORT}psnr_before": res.psnr_before.astype(np.float32),
-                  f"{PHASE_REPORT}iterations": res.iterations.astype(np.int64),
-                  f"{PHASE_REPORT}seconds": res.seconds.astype(np.float64)}
-        layout.write_inr_file(path, res.params, table, attrs, extras)
-        ckpt.clear()
-        emit(f"{label} fitted (items {first}-{last})")
-        batch_files.append(layout.read_inr_file(path))
-        meter.add(res.psnr.tolist(), int(res.passed.sum()), fitted=True)
 
-    return _assemble(items, batch_files, family, fit_cfg, settings, dataset, phase, seed_mode, device)
+        def write_group(part: BatchFit) -> None:
+            k = int(ckpt.meta.get("groups", 0))
+            pos = part.positions
+            rows = items.iloc[pos].reset_index(drop=True)
+            table = pd.DataFrame({
+                "index": rows["index"].astype(np.int64), "item_id": rows["item_id"].astype(str),
+                "source_id": rows["source_id"].astype(str), "split": rows["split"].astype(str),
+                "label": rows["label"].astype(np.int64), "psnr": part.psnr, "phase": phase,
+                "iterations": prev_iters[pos] + part.iterations, "seconds": prev_secs[pos] + part.seconds,
+                "passed": part.passed})
+            extras = {**family.extras([samples[i] for i in pos]),
+                      f"{PHASE_REPORT}psnr_before": part.psnr_before.astype(np.float32),
+                      f"{PHASE_REPORT}iterations": part.iterations.astype(np.int64),
+                      f"{PHASE_REPORT}seconds": part.seconds.astype(np.float64)}
+            path = workdir / f"group-{k:05d}.h5"
+            layout.write_inr_file(path, part.params, table, {**attrs, "group": k}, extras)
+            ckpt.meta["groups"] = k + 1
+            groups.append(layout.read_inr_file(path))
+            emit(f"group {k + 1}/{max(expected, k + 1)} fitted ({len(pos)} items)")
+            meter.add(part.psnr.tolist(), int(part.passed.sum()), fitted=True)
+
+        ckpt.meta.setdefault("groups", len(groups))
+        meter.batch_label = f"job of {len(items)} items"
+        try:
+            family.fit_batch(samples, init, seeds, settings, device, ckpt, meter.step, slots=batch_size,
+                             on_group=write_group)
+        except engine.FitInterrupted:
+            emit(f"job interrupted ({stop.reason if stop else 'stop requested'}); "
+                 f"{ckpt.meta.get('groups', 0)} finished group(s) kept, in-job checkpoint saved to {ckpt.path}")
+            raise
+        ckpt.clear()
+        emit(f"job fitted ({len(items)} items in {len(groups)} group(s))")
+    return _assemble(items, groups, family, fit_cfg, settings, dataset, phase, seed_mode, device)
+
+
+def _reusable_groups(workdir: Path, ckpt: BatchCheckpoint, fp: str, items: pd.DataFrame,
+                     shapes: Mapping[str, tuple]) -> list[layout.InrFile]:
+    """Finished groups of this job that can be reused; deletes the ones that cannot.
+
+    With a checkpoint, its first ``meta.groups`` group files belong to it (later ones were written after it and
+    will be written again). Without, the group files are reused only if they hold every item of the job (a job
+    that finished but whose output was lost); a partial set is refitted from scratch.
+    """
+    files = sorted(workdir.glob("group-*.h5"))
+    state = ckpt.load()
+    keep = int(ckpt.meta.get("groups", 0)) if state is not None else len(files)
+    groups: list[layout.InrFile] = []
+    for k, path in enumerate(files):
+        if k >= keep:
+            path.unlink(missing_ok=True)
+            continue
+        inr, why = _verify_group(path, fp, items, shapes)
+        if inr is None:
+            emit(f"warning: finished group {path} cannot be reused ({why}); refitting the job")
+            for f in files:
+                f.unlink(missing_ok=True)
+            ckpt.clear()
+            ckpt.meta = {}
+            return []
+        groups.append(inr)
+    if state is None and groups and sum(len(g.items) for g in groups) != len(items):
+        emit(f"warning: {len(groups)} group file(s) in {workdir} but no in-job checkpoint; refitting the job")
+        for f in files:
+            f.unlink(missing_ok=True)
+        return []
+    return groups
 
 
 def _file_attrs(family: Any, fit_cfg: Mapping[str, Any], settings: Any, dataset: str, phase: str, seed_mode: str,
@@ -281,13 +327,16 @@ def _file_attrs(family: Any, fit_cfg: Mapping[str, Any], settings: Any, dataset:
 
 def _assemble(items: pd.DataFrame, batch_files: list[layout.InrFile], family: Any, fit_cfg: Mapping[str, Any],
               settings: Any, dataset: str, phase: str, seed_mode: str, device: torch.device) -> ShardOutput:
-    """Concatenate the batch files into the job's weights + report."""
+    """Concatenate the group files into the job's weights + report (in the job's item order)."""
     shapes = family.param_shapes()
     if batch_files:
-        params = {name: np.concatenate([b.params[name] for b in batch_files]) for name in shapes}
-        table = pd.concat([b.items for b in batch_files], ignore_index=True)
+        # groups hold items in the order they finished: back to the job's (manifest) order
+        where = {int(i): k for k, i in enumerate(pd.concat([b.items["index"] for b in batch_files]))}
+        order = np.array([where[int(i)] for i in items["index"]], dtype=np.int64)
+        params = {name: np.concatenate([b.params[name] for b in batch_files])[order] for name in shapes}
+        table = pd.concat([b.items for b in batch_files], ignore_index=True).iloc[order].reset_index(drop=True)
         extra_names = sorted(set().union(*[set(b.extras) for b in batch_files]))
-        extras = {name: np.concatenate([b.extras[name] for b in batch_files]) for name in extra_names}
+        extras = {name: np.concatenate([b.extras[name] for b in batch_files])[order] for name in extra_names}
         before = extras.pop(f"{PHASE_REPORT}psnr_before").astype(np.float64)
         iters = extras.pop(f"{PHASE_REPORT}iterations").astype(np.int64)
         secs = extras.pop(f"{PHASE_REPORT}seconds").astype(np.float64)

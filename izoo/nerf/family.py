@@ -9,18 +9,17 @@ item keeps in ``/extras``; default 4, the OmniObject3D views after the first 96 
 from __future__ import annotations
 
 import zlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from izoo.errors import IzooError
-from izoo.fitting import engine
-from izoo.fitting.families import BatchCheckpoint, BatchFit, register_family
+from izoo.fitting.families import BatchCheckpoint, BatchFit, fit_in_streams, register_family, same_size_units
 from izoo.fitting.phases import PhaseSettings, fit_config
-from izoo.fitting.progress import emit
+from izoo.fitting.stream import ProgressFn
 from izoo.nerf import model
-from izoo.nerf.fitting import RenderSettings, fit_scenes
+from izoo.nerf.fitting import NerfBatchFit, RenderSettings
 from izoo.nerf.model import CAMERA_CONVENTION, NerfSpec
 
 DEFAULT_ARCHIVED_VIEWS = 4
@@ -41,7 +40,6 @@ class NerfFamily:
         self.fit_cfg = fit_config(fit_cfg)
         self.render = RenderSettings.from_fit_config(self.fit_cfg)
         self.archived_views = int(self.fit_cfg.get("archived_views", DEFAULT_ARCHIVED_VIEWS))
-        self.chunk_size: int | None = None   # scenes fitted at once after an out-of-memory halving
 
     # ----- description
     def param_names(self) -> list[str]:
@@ -95,69 +93,24 @@ class NerfFamily:
     # ----- fitting
     def fit_batch(self, samples: Sequence[Any], init_params: Mapping[str, np.ndarray] | None, seeds: Sequence[int],
                   settings: PhaseSettings, device: torch.device | str, checkpoint: BatchCheckpoint | None = None,
-                  progress: engine.ProgressFn | None = None) -> BatchFit:
-        """Fit the samples' scenes together (halving the group on out-of-memory); resumable inside a scene."""
-        n = len(samples)
+                  progress: ProgressFn | None = None, slots: int | None = None,
+                  on_group: Callable[[BatchFit], None] | None = None) -> BatchFit | None:
+        """Fit the samples' scenes, one stream per image size, ``slots`` at a time; resumable inside a scene."""
         scenes = [self._scene(s) for s in samples]
         init = init_params if init_params is not None else self.init(seeds)
         names = self.param_names()
-        checkpoint = checkpoint or BatchCheckpoint(None)
-        saved = checkpoint.load() or {}
-        done: dict[str, torch.Tensor] = saved.get("done") or {
-            "mask": torch.zeros(n, dtype=torch.bool), "psnr_before": torch.zeros(n), "psnr": torch.zeros(n),
-            "iterations": torch.zeros(n, dtype=torch.int64), "seconds": torch.zeros(n, dtype=torch.float64),
-            **{f"p{k}": torch.zeros(n, *np.asarray(init[name]).shape[1:]) for k, name in enumerate(names)}}
-        if saved.get("chunk_size") is not None:
-            self.chunk_size = int(saved["chunk_size"])
-        inflight = saved.get("inflight")
+        flat_init = {k: torch.as_tensor(np.asarray(init[k], dtype=np.float32)) for k in names}
+        keys = [ray_key(s) for s in samples]
 
-        while not bool(done["mask"].all()):
-            todo = [i for i in range(n) if not bool(done["mask"][i])]
-            positions = todo[: self.chunk_size or len(todo)]
-            resume = None
-            if inflight is not None and inflight["positions"].tolist() == positions:
-                resume = inflight["engine"]
-            inflight = None
-            sel = np.asarray(positions)
+        def make_fitter(positions: list[int]) -> NerfBatchFit:
+            sel = torch.as_tensor(positions)
+            return NerfBatchFit(self.spec, [scenes[i] for i in positions], settings, self.render,
+                                {k: v[sel] for k, v in flat_init.items()}, device=device,
+                                ray_keys=[keys[i] for i in positions], slots=slots)
 
-            def save(engine_state: dict[str, Any], _pos: list[int] = positions) -> None:
-                checkpoint.save({"chunk_size": self.chunk_size, "done": done,
-                                 "inflight": {"positions": torch.as_tensor(_pos), "engine": engine_state}})
-
-            try:
-                res = fit_scenes([scenes[i] for i in positions], self.spec, settings, self.render,
-                                 init={k: torch.as_tensor(np.asarray(init[k], dtype=np.float32)[sel]) for k in names},
-                                 device=device, resume_state=resume, should_stop=checkpoint.should_stop,
-                                 on_checkpoint=save if checkpoint.path else None, progress=progress,
-                                 ray_keys=[ray_key(samples[i]) for i in positions])
-            except Exception as exc:
-                if not engine.is_out_of_memory(exc):
-                    raise
-                if len(positions) <= 1:
-                    raise IzooError(f"one scene does not fit in {device} memory ({exc})".splitlines()[0], None,
-                                    "lower fit.rays_per_batch / eval_chunk_rays or use a GPU with more memory") from exc
-                self.chunk_size = max(1, len(positions) // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                emit(f"warning: out of memory fitting {len(positions)} scenes at once on {device}; "
-                     f"halving the batch to {self.chunk_size} scenes and going on")
-                continue
-            idx = torch.as_tensor(sel)
-            done["mask"][idx] = True
-            done["psnr_before"][idx] = torch.from_numpy(res.psnr_before)
-            done["psnr"][idx] = torch.from_numpy(res.psnr)
-            done["iterations"][idx] = torch.from_numpy(res.iterations)
-            done["seconds"][idx] = torch.from_numpy(res.seconds).double()
-            for k, name in enumerate(names):
-                done[f"p{k}"][idx] = res.params[name].float()
-            if not bool(done["mask"].all()) and checkpoint.path is not None:
-                checkpoint.save({"chunk_size": self.chunk_size, "done": done, "inflight": None})
-
-        psnr = done["psnr"].numpy().astype(np.float32)
-        return BatchFit(params={name: done[f"p{k}"].numpy() for k, name in enumerate(names)},
-                        psnr_before=done["psnr_before"].numpy().astype(np.float32), psnr=psnr,
-                        iterations=done["iterations"].numpy().astype(np.int64),
-                        seconds=done["seconds"].numpy().astype(np.float32), passed=psnr >= settings.gate_psnr)
+        units = same_size_units([(int(s.height), int(s.width)) for s in scenes])
+        return fit_in_streams(units, make_fitter, names, lambda params: [params[k].numpy() for k in names],
+                              settings, checkpoint, progress, on_group)
 
     @staticmethod
     def _scene(sample: Any) -> Any:

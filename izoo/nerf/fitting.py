@@ -15,10 +15,12 @@ rendered without jitter, as the mean over views of each view's PSNR on [0, 1] pi
 spaced held-out views are used (all when unset) and ``eval_size`` optionally renders them smaller (the
 ground truth is area-downsampled to match).
 
-Phases follow ``izoo.fitting.phases.PhaseSettings`` exactly like the 2D engine: a check at step 0 records
-``psnr_before``; ``basic`` evaluates only at the start and the end (a held-out render costs as much as ~100
-training steps, and ``basic`` stops no scene early); the refinement phases evaluate every ``check_every`` steps,
-stop scenes that pass the gate or stall, keep the best weights, and drop finished scenes from the batch.
+Phases follow ``izoo.fitting.phases.PhaseSettings`` exactly like the 2D engine, through the same continuous
+batching (``izoo.fitting.stream``: each scene at its own step, a finished scene's slot taken by the next one): a
+check at step 0 records ``psnr_before``; a ``basic`` phase with ``fit.stop: budget`` evaluates only at the start
+and the end (a held-out render costs as much as ~100 training steps, and it stops no scene early); phases that
+can stop a scene early evaluate every ``check_every`` steps, stop scenes that pass the gate or stall, keep the
+best weights, and hand the slot to the next scene.
 
 Randomness (ray choice, stratified jitter) is drawn per scene from a generator re-seeded at every step from
 ``(seed, scene key, step)``: a run resumed from a checkpoint continues bit-for-bit where it stopped, and a
@@ -38,22 +40,19 @@ import torch
 import torch.nn.functional as F
 
 from izoo.errors import IzooError
-from izoo.fitting.engine import BatchLoop  # the step bookkeeping (and FitInterrupted) shared with the 2D engine
 from izoo.fitting.phases import PhaseSettings
+from izoo.fitting.stream import ADAM_BETAS, ADAM_EPS, FitResult, FlatLayout, ProgressFn, StreamFit
 from izoo.nerf import model
 from izoo.nerf.model import NerfParams, NerfSpec
 from izoo.nerf.render import pixel_rays, render_rays, render_views
 
 log = logging.getLogger(__name__)
 
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 #: a pixel is "object" when any channel is below this (views are composited on pure white)
 WHITE_THRESHOLD = 0.99
 #: mixes scene key and step into per-step seeds (a large odd constant keeps the combinations apart)
 _STEP_MIX = 1_000_003
 
-ProgressFn = Callable[[int, int, int, float], None]  # (step, max_steps, n_active, mean PSNR of checked scenes)
 
 
 
@@ -102,21 +101,6 @@ class RenderSettings:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, recorded in weight files."""
         return asdict(self)
-
-
-@dataclass
-class NerfFitResult:
-    """Per-scene outcome of fitting one batch in one phase (arrays in batch order, tensors on the CPU)."""
-
-    params: NerfParams        # name -> [B, ...]
-    psnr_before: np.ndarray   # float32, held-out PSNR of the initial weights
-    psnr: np.ndarray          # float32, held-out PSNR of the returned weights
-    iterations: np.ndarray    # int64, steps this scene took in this phase
-    seconds: np.ndarray       # float32, this scene's share of the batch's wall-clock time
-    passed: np.ndarray        # bool, psnr >= gate
-
-    def __len__(self) -> int:
-        return int(self.psnr.shape[0])
 
 
 def lr_at(settings: PhaseSettings, step: int) -> float:
@@ -224,110 +208,65 @@ class SceneData:
         return rays_o, rays_d, target
 
 
-def _adam_step(params: list[torch.Tensor], grads: list[torch.Tensor], m: list[torch.Tensor], v: list[torch.Tensor],
-               step: int, lr: float) -> None:
-    """One Adam step, in place (the arithmetic of ``torch.optim.Adam``'s single-tensor path).
-
-    Written out instead of ``torch.optim.Adam`` because finished scenes leave the batch: the moment buffers
-    are then sliced along the scene dim, which is simplest with plain tensors we own.
-    """
-    beta1, beta2 = ADAM_BETAS
-    t = step + 1
-    bias1 = 1 - beta1 ** t
-    bias2_sqrt = math.sqrt(1 - beta2 ** t)
-    with torch.no_grad():
-        for p, g, m_, v_ in zip(params, grads, m, v):
-            m_.lerp_(g, 1 - beta1)
-            v_.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            p.addcdiv_(m_, (v_.sqrt() / bias2_sqrt).add_(ADAM_EPS), value=-lr / bias1)
-
-
 def step_seed(base: int, key: int, step: int) -> int:
     """Seed of one scene's random draws at one step: depends on (base, scene key, step) only."""
     return ((int(base) * _STEP_MIX + int(key)) * _STEP_MIX + int(step)) % (1 << 62)
 
 
-class NerfBatchFit(BatchLoop):
-    """One phase of fitting B NeRFs to B scenes; resumable bit-for-bit from ``state()``.
+class NerfBatchFit(StreamFit):
+    """One phase of fitting NeRFs to N scenes through at most ``slots`` slots (continuous batching); resumable
+    bit-for-bit from ``state()``.
 
     Each scene draws its rays and jitter from its own generator seeded by ``step_seed(render.seed, key, step)``
-    (``ray_keys``, default the batch positions), so its draws do not depend on which scenes share its batch.
+    with its own step (``ray_keys``, default the positions), so its draws do not depend on which scenes share its
+    batch or when it joined.
     """
+
+    family = "nerf"
+    checks_are_cheap = False   # a check renders the held-out views (~100 training steps' worth)
 
     def __init__(self, spec: NerfSpec, scenes: Sequence[Any], phase: PhaseSettings, render: RenderSettings,
                  init: Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
-                 ray_keys: Sequence[int] | None = None):
-        self.spec, self.settings, self.render = spec, phase, render
-        self.device = torch.device(device)
-        self.data = SceneData(scenes, render, self.device)
-        self.n_items = len(scenes)
-        self.ray_keys = [int(k) for k in (ray_keys if ray_keys is not None else range(self.n_items))]
-        if len(self.ray_keys) != self.n_items:
-            raise ValueError(f"{len(self.ray_keys)} ray keys for {self.n_items} scenes")
-        self.generator = torch.Generator(device=self.device)
+                 ray_keys: Sequence[int] | None = None, slots: int | None = None):
+        self.spec, self.render = spec, render
         self.names = spec.param_names()
+        n_items = len(scenes)
         init = model.batch_params(init, spec)
-        for name, shape in spec.param_shapes().items():
-            if tuple(init[name].shape) != (self.n_items, *shape):
-                raise ValueError(f"init {name} has shape {tuple(init[name].shape)}, expected {(self.n_items, *shape)}")
-        self._fresh([init[k].detach().to(self.device, torch.float32).clone() for k in self.names])
-
-    # ----- state
-    def _fresh(self, theta: list[torch.Tensor]) -> None:
-        n = self.n_items
-        self.step = 0
-        self.rows = torch.arange(n)
-        self.theta = theta
-        self.m = [torch.zeros_like(p) for p in theta]
-        self.v = [torch.zeros_like(p) for p in theta]
-        self.best_theta = [p.clone() for p in theta] if self.settings.keep_best else None
-        self.best_psnr = torch.full((n,), -math.inf, dtype=torch.float64)
-        self.stall_ref = torch.full((n,), -math.inf, dtype=torch.float64)
-        self.stall_step = torch.zeros(n, dtype=torch.int64)
-        self.out_theta = [torch.zeros((n, *p.shape[1:]), dtype=torch.float32) for p in theta]  # CPU
-        self.out_psnr = torch.full((n,), float("nan"), dtype=torch.float64)
-        self.out_iters = torch.zeros(n, dtype=torch.int64)
-        self.psnr_before = torch.full((n,), float("nan"), dtype=torch.float64)
-        self.seconds = torch.zeros(n, dtype=torch.float64)
-        self.finished = torch.zeros(n, dtype=torch.bool)
-
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue bit-for-bit (CPU tensors)."""
-        cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
-        cpus = lambda ts: None if ts is None else [cpu(t) for t in ts]  # noqa: E731
-        return {"family": "nerf", "step": self.step, "rows": cpu(self.rows), "theta": cpus(self.theta),
-                "m": cpus(self.m), "v": cpus(self.v), "best_theta": cpus(self.best_theta),
-                "best_psnr": cpu(self.best_psnr), "stall_ref": cpu(self.stall_ref), "stall_step": cpu(self.stall_step),
-                "out_theta": cpus(self.out_theta), "out_psnr": cpu(self.out_psnr), "out_iters": cpu(self.out_iters),
-                "psnr_before": cpu(self.psnr_before), "seconds": cpu(self.seconds), "finished": cpu(self.finished),
-                "n_items": self.n_items, "phase": self.settings.phase}
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Continue from ``state()`` of an interrupted run of the same batch and phase."""
-        if (state.get("family") != "nerf" or state.get("n_items") != self.n_items
-                or state.get("phase") != self.settings.phase):
-            raise ValueError("checkpoint belongs to another batch, phase or model family")
-        devs = lambda ts: None if ts is None else [t.to(self.device).clone() for t in ts]  # noqa: E731
-        self.step = int(state["step"])
-        self.rows = state["rows"].clone()
-        self.theta, self.m, self.v = devs(state["theta"]), devs(state["m"]), devs(state["v"])
-        self.best_theta = devs(state["best_theta"])
-        self.out_theta = [t.clone() for t in state["out_theta"]]
-        for key in ("best_psnr", "stall_ref", "stall_step", "out_psnr", "out_iters", "psnr_before", "seconds",
-                    "finished"):
-            setattr(self, key, state[key].clone())
+        shapes = spec.param_shapes()
+        for name, shape in shapes.items():
+            if tuple(init[name].shape) != (n_items, *shape):
+                raise ValueError(f"init {name} has shape {tuple(init[name].shape)}, expected {(n_items, *shape)}")
+        self.layout = FlatLayout([shapes[k] for k in self.names])
+        super().__init__(self.layout.pack([init[k].detach().float() for k in self.names]), phase, device=device,
+                         slots=slots)
+        self.data = SceneData(scenes, render, self.device)
+        self.ray_keys = [int(k) for k in (ray_keys if ray_keys is not None else range(n_items))]
+        if len(self.ray_keys) != n_items:
+            raise ValueError(f"{len(self.ray_keys)} ray keys for {n_items} scenes")
+        self.generator = torch.Generator(device=self.device)
 
     # ----- maths
-    def _params(self, theta: list[torch.Tensor]) -> NerfParams:
-        return dict(zip(self.names, theta))
+    def _lr_at(self, steps: np.ndarray) -> np.ndarray:
+        return np.array([lr_at(self.settings, int(s)) for s in steps], dtype=np.float64)
 
-    def evaluate(self, theta: list[torch.Tensor] | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Held-out PSNR (dB, float64 on the CPU) of the scenes ``rows`` (default: the active ones).
+    def _params(self, theta: torch.Tensor) -> NerfParams:
+        return dict(zip(self.names, self.layout.views(theta)))
 
-        ``theta`` holds the parameters of exactly those scenes, in that order (default: the active ones).
+    def _params_out(self, flat: torch.Tensor) -> NerfParams:
+        return dict(zip(self.names, self.layout.unpack(flat)))
+
+    def evaluate(self, theta: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Held-out PSNR (dB, float64 on the CPU) of the scenes at positions ``rows``.
+
+        ``theta`` ``[len(rows), n]`` holds the flat parameters of exactly those scenes, in that order (default: the
+        active scenes, or every scene's init before the stream started).
         """
-        theta = self.theta if theta is None else theta
-        rows = (self.rows if rows is None else rows).tolist()
+        if theta is None:
+            if len(self.pos):
+                theta, rows = self.theta, self.pos
+            else:
+                theta, rows = self.init_flat.to(self.device), torch.arange(self.n_items)
+        rows = rows.tolist()
         data = self.data
         psnr = torch.empty(len(rows), dtype=torch.float64)
         # scenes with the same held-out view count render together (one batched pass; usually the whole batch)
@@ -337,7 +276,7 @@ class NerfBatchFit(BatchLoop):
         for shape, locals_ in groups.items():
             sel = [rows[k] for k in locals_]
             ld = torch.as_tensor(locals_, device=self.device)
-            params = {name: p[ld] for name, p in zip(self.names, theta)}
+            params = self._params(theta[ld])
             gt = torch.stack([data.eval_images[r] for r in sel])
             pred = render_views(params, self.spec, torch.stack([data.eval_poses[r] for r in sel]), shape[1], shape[2],
                                 data.eval_focal[torch.as_tensor(sel, device=self.device)], self.render.near,
@@ -350,92 +289,32 @@ class NerfBatchFit(BatchLoop):
         """Per-scene uniform draws of this step: ray choice ``[A, R]`` (float64) and depth jitter ``[A, R, S]``."""
         n_rays, n_samples = self.render.rays_per_batch, self.render.samples_per_ray
         rays, jitter = [], []
-        for row in self.rows.tolist():
-            self.generator.manual_seed(step_seed(self.render.seed, self.ray_keys[row], self.step))
+        for pos, step in zip(self.pos.tolist(), self.steps.tolist()):
+            self.generator.manual_seed(step_seed(self.render.seed, self.ray_keys[pos], step))
             rays.append(torch.rand(n_rays, device=self.device, dtype=torch.float64, generator=self.generator))
             jitter.append(torch.rand(n_rays, n_samples, device=self.device, generator=self.generator))
         return torch.stack(rays), torch.stack(jitter)
 
-    def _train_step(self) -> None:
+    def _train(self, check: torch.Tensor) -> torch.Tensor:
+        """Held-out PSNR of the ``check`` scenes' current weights, then one training step of every active scene."""
+        psnr = torch.zeros(0, dtype=torch.float64)
+        if bool(check.any()):
+            with torch.no_grad():
+                psnr = self.evaluate(self.theta[check.to(self.device)], self.pos[check])
         u, jitter = self._draws()
-        rays_o, rays_d, target = self.data.sample_rays(self.rows.to(self.device), u, self.render.object_ray_fraction)
-        theta = [p.detach().requires_grad_(True) for p in self.theta]
+        rays_o, rays_d, target = self.data.sample_rays(self.pos.to(self.device), u, self.render.object_ray_fraction)
+        theta = self.theta.detach().requires_grad_(True)
         out = render_rays(self._params(theta), self.spec, rays_o, rays_d, self.render.near, self.render.far,
                           self.render.samples_per_ray, perturb=True, jitter=jitter)
         loss = (out["rgb"] - target).pow(2).mean(dim=(1, 2)).sum()
-        grads = torch.autograd.grad(loss, theta)
-        self.theta = [p.detach() for p in theta]
-        _adam_step(self.theta, list(grads), self.m, self.v, self.step, lr_at(self.settings, self.step))
-
-    # ----- bookkeeping at checks
-    def _check(self, psnr: torch.Tensor, final: bool) -> None:
-        """Update trackers at a check; finish the scenes that stop and drop them from the batch."""
-        st = self.settings
-        rows = self.rows
-        if self.step == 0:
-            self.psnr_before[rows] = psnr
-        improved = psnr > self.best_psnr[rows]
-        if st.keep_best and bool(improved.any()):
-            idx = improved.nonzero().squeeze(1).to(self.device)
-            for best, cur in zip(self.best_theta, self.theta):
-                best[idx] = cur[idx]
-        stop = self._update_trackers(psnr, improved, final)
-        if not bool(stop.any()):
-            return
-        local = stop.nonzero().squeeze(1)
-        done = rows[local]
-        source = self.best_theta if st.keep_best else self.theta
-        ld = local.to(self.device)
-        for out, src in zip(self.out_theta, source):
-            out[done] = src[ld].to("cpu", torch.float32)
-        self.out_psnr[done] = self.best_psnr[done] if st.keep_best else psnr[local]
-        self.out_iters[done] = self.step
-        self.finished[done] = True
-        kd = (~stop).nonzero().squeeze(1).to(self.device)
-        self.rows = rows[(~stop).nonzero().squeeze(1)]
-        self.theta = [p[kd] for p in self.theta]
-        self.m = [p[kd] for p in self.m]
-        self.v = [p[kd] for p in self.v]
-        if self.best_theta is not None:
-            self.best_theta = [p[kd] for p in self.best_theta]
-
-    def _is_check(self, final: bool) -> bool:
-        st = self.settings
-        if final or self.step == 0:
-            return True
-        # basic stops nothing early, so mid-phase held-out renders would only cost time
-        needs_checks = st.stop_on_pass or st.patience is not None or st.keep_best
-        return needs_checks and self.step % st.check_every == 0
-
-    # ----- the loop
-    def run(self, should_stop: Callable[[], bool] | None = None,
-            on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-            progress: ProgressFn | None = None) -> NerfFitResult:
-        """Train until every scene has finished; a stop request checkpoints and raises ``FitInterrupted``."""
-        st = self.settings
-        tick = time.perf_counter()
-        resumed_at = self.step
-        while len(self.rows) > 0:
-            tick = self._stop_or_checkpoint(tick, resumed_at, should_stop, on_checkpoint)
-            final = self.step >= st.max_steps
-            if self._is_check(final):
-                with torch.no_grad():
-                    psnr = self.evaluate()
-                tick = self._charge(tick)
-                self._check(psnr, final)
-                if progress is not None and len(psnr):
-                    progress(self.step, st.max_steps, len(self.rows), float(psnr.mean()))
-                if len(self.rows) == 0:
-                    break
-            self._train_step()
-            self.step += 1
-        self._charge(tick)
-        psnr = self.out_psnr.float().numpy()
-        return NerfFitResult(params={k: t.clone() for k, t in zip(self.names, self.out_theta)},
-                             psnr_before=self.psnr_before.float().numpy(), psnr=psnr,
-                             iterations=self.out_iters.numpy().astype(np.int64),
-                             seconds=self.seconds.float().numpy(), passed=psnr >= st.gate_psnr)
-
+        (grad,) = torch.autograd.grad(loss, theta)
+        hyper = self.adam_hyper()
+        with torch.no_grad():   # Adam, element-wise over the flat buffer, each scene at its own step
+            beta1, beta2 = ADAM_BETAS
+            self.m = torch.lerp(self.m, grad, 1 - beta1)
+            self.v = (self.v * beta2).addcmul_(grad, grad, value=1 - beta2)
+            self.theta = theta.detach() - self.m / (self.v.sqrt() / hyper[:, 1:2] + ADAM_EPS) * hyper[:, 0:1]
+        return psnr
 
 
 def fit_scenes(scenes: Sequence[Any], spec: NerfSpec, phase: PhaseSettings, render: RenderSettings,
@@ -443,11 +322,13 @@ def fit_scenes(scenes: Sequence[Any], spec: NerfSpec, phase: PhaseSettings, rend
                device: torch.device | str = "cpu", resume_state: Mapping[str, Any] | None = None,
                should_stop: Callable[[], bool] | None = None,
                on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-               progress: ProgressFn | None = None, ray_keys: Sequence[int] | None = None) -> NerfFitResult:
-    """Fit one phase for B scenes (``izoo.datasets`` ``Scene`` objects) from ``init`` (or inits from ``seeds``)."""
+               progress: ProgressFn | None = None, ray_keys: Sequence[int] | None = None,
+               slots: int | None = None) -> FitResult:
+    """Fit one phase for N scenes (``izoo.datasets`` ``Scene`` objects) from ``init`` (or inits from ``seeds``),
+    ``slots`` at a time (default: all at once)."""
     if init is None:
         init = model.init_params(spec, seeds if seeds is not None else [42] * len(scenes))
-    fitter = NerfBatchFit(spec, scenes, phase, render, init, device=device, ray_keys=ray_keys)
+    fitter = NerfBatchFit(spec, scenes, phase, render, init, device=device, ray_keys=ray_keys, slots=slots)
     if resume_state is not None:
         fitter.load_state(resume_state)
     return fitter.run(should_stop=should_stop, on_checkpoint=on_checkpoint, progress=progress)
