@@ -47,9 +47,14 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml", sche
     schema = schema or load_schema()
     filled = json.loads(json.dumps(config))  # deep copy and plain types only
     validator_cls = _with_defaults(jsonschema.validators.validator_for(schema))
-    for ds in (filled.get("datasets") or {}).values():
+    from izoo.fitting.recipes import resolve_recipe
+
+    for name, ds in (filled.get("datasets") or {}).items():
         if isinstance(ds, dict):
             _fill_family_defaults(ds)
+            resolved = resolve_recipe(ds, source)
+            ds.clear()
+            ds.update(resolved)
     # the properties hook fills a default before descending into it, so one pass fills nested defaults too
     err = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(filled))
     if err is not None:
@@ -61,7 +66,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml", sche
 
 #: per-family defaults that differ from the schema's (the schema's are the 2D SIREN ones)
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "siren": {"model": {"depth": 3, "width": 64, "w0": 30.0, "init": "siren"}},
+    "siren": {"model": {"depth": 3, "width": 64, "w0": 30.0}},   # init: from the recipe (izoo.fitting.recipes)
     "nerf": {
         "model": {"depth": 4, "width": 128, "pos_freqs": 10, "dir_freqs": 4},
         "fit": {"batch_size": 8, "iterations": 20000, "lr": 5.0e-4, "lr_min": 5.0e-5, "gate_psnr": 25.0,
@@ -91,6 +96,10 @@ def _check_cross_fields(config: dict, source: str) -> None:
     """Checks JSON schema cannot express: references between sections and ordered values."""
     for name, ds in config["datasets"].items():
         fit = ds["fit"]
+        if fit["min_iterations"] > fit["iterations"]:
+            raise IzooError(f"datasets.{name}.fit.min_iterations ({fit['min_iterations']}) is larger than "
+                            f"fit.iterations ({fit['iterations']})", source,
+                            "set min_iterations to at most iterations (with stop: gate, iterations is the cap)")
         if fit["lr_min"] > fit["lr"]:
             raise IzooError(f"datasets.{name}.fit.lr_min ({fit['lr_min']}) is larger than fit.lr ({fit['lr']})", source,
                             "set lr_min below lr (the cosine schedule decays from lr to lr_min)")

@@ -71,5 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--out", required=True, help="output folder, e.g. data/demo")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--kind", choices=["all", "cifar10", "cityscapes", "scenes"], default="all")
-    d.add_argument("--n-per-class", type=int, default=30, help="CIFAR-format training images per class")
+    d.add_argument("--n-per-class", type=int, default=30,
+                   help="CIFAR-format training images per class (plus a fifth as many test images; "
+                        "5000 gives a CIFAR-10-sized 50,000/10,000 set)")
     d.set_defaults(func=cmd_demo_data)

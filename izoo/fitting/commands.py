@@ -22,8 +22,11 @@ from izoo.fitting.shard import EXIT_INTERRUPTED, StopControl, fit_shard
 
 
 def parse_dataset_config(text: str) -> dict[str, Any]:
-    """The ``--dataset-config`` JSON string (or ``@file.json``) as a dict."""
-    return load_json_object(text, "--dataset-config", "one entry of config.yaml's datasets:")
+    """The ``--dataset-config`` JSON string (or ``@file.json``) as a dict, its fitting recipe resolved."""
+    from izoo.fitting.recipes import resolve_recipe
+
+    return resolve_recipe(load_json_object(text, "--dataset-config", "one entry of config.yaml's datasets:"),
+                          "--dataset-config")
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

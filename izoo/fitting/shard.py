@@ -211,6 +211,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
     settings = phase_settings(fit_cfg, phase)
     seed_cfg = dict(dataset_cfg.get("seed") or {})
     seed_mode, seed_base = str(seed_cfg.get("mode", "shared")), int(seed_cfg.get("value", 42))
+    recipe = str(dataset_cfg.get("recipe") or "")   # recorded in the weight files (izoo.fitting.recipes)
     device = torch.device(device) if device is not None else default_device(fit_cfg)
     batch_size = max(int(fit_cfg["batch_size"]), 1)
     names = list(family.param_shapes())
@@ -243,7 +244,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         init = None
         if phase != "basic":
             init, prev_iters, prev_secs = _load_init(items, names)
-        attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, items)
+        attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, items, recipe)
         attrs["work_fingerprint"] = fp
 
         def write_group(part: BatchFit) -> None:
@@ -278,7 +279,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
             raise
         ckpt.clear()
         emit(f"job fitted ({len(items)} items in {len(groups)} group(s))")
-    return _assemble(items, groups, family, fit_cfg, settings, dataset, phase, seed_mode, device)
+    return _assemble(items, groups, family, fit_cfg, settings, dataset, phase, seed_mode, device, recipe)
 
 
 def _reusable_groups(workdir: Path, ckpt: BatchCheckpoint, fp: str, items: pd.DataFrame,
@@ -315,18 +316,19 @@ def _reusable_groups(workdir: Path, ckpt: BatchCheckpoint, fp: str, items: pd.Da
 
 
 def _file_attrs(family: Any, fit_cfg: Mapping[str, Any], settings: Any, dataset: str, phase: str, seed_mode: str,
-                device: torch.device, items: pd.DataFrame) -> dict[str, Any]:
+                device: torch.device, items: pd.DataFrame, recipe: str) -> dict[str, Any]:
     splits = sorted(set(items["split"].astype(str))) if len(items) else []
     tf32 = bool(fit_cfg.get("tf32", True)) and torch.device(device).type == "cuda"
     return layout.base_attrs(family.name, family.architecture(), **family.file_attrs(),
                              fitting={**dict(fit_cfg), "phase_settings": settings.to_dict()},
                              gate_psnr=float(settings.gate_psnr), seed_mode=seed_mode, device=str(device),
-                             tf32=tf32, dataset=dataset, phase=phase,
+                             tf32=tf32, dataset=dataset, phase=phase, recipe=recipe,
                              split=splits[0] if len(splits) == 1 else ("mixed" if splits else ""))
 
 
 def _assemble(items: pd.DataFrame, batch_files: list[layout.InrFile], family: Any, fit_cfg: Mapping[str, Any],
-              settings: Any, dataset: str, phase: str, seed_mode: str, device: torch.device) -> ShardOutput:
+              settings: Any, dataset: str, phase: str, seed_mode: str, device: torch.device,
+              recipe: str) -> ShardOutput:
     """Concatenate the group files into the job's weights + report (in the job's item order)."""
     shapes = family.param_shapes()
     if batch_files:
@@ -353,5 +355,5 @@ def _assemble(items: pd.DataFrame, batch_files: list[layout.InrFile], family: An
         "shard": items["shard"].astype(str).to_numpy(), "phase": phase, "psnr_before": before,
         "psnr_after": table["psnr"].to_numpy(dtype=np.float64), "iterations": iters, "seconds": secs,
         "passed": table["passed"].to_numpy(dtype=bool)})
-    attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, items)
+    attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, items, recipe)
     return ShardOutput(params=params, items=table, extras=extras, attrs=attrs, report=report)

@@ -33,7 +33,8 @@ class SirenSpec:
     w0: float = 30.0
     in_features: int = 2
     out_features: int = 3
-    init: str = "siren"  # "siren" (SIREN paper) or "released" (Implicit-Zoo code: first layer like the others, zero biases)
+    init: str = "siren"  # "siren" (SIREN paper) or "released" (Implicit-Zoo code: first layer like the others, zero
+    #                      sine biases, PyTorch's default nn.Linear head)
 
     def __post_init__(self) -> None:
         if self.depth < 2:
@@ -78,14 +79,18 @@ def init_params_single(spec: SirenSpec, seed: int) -> Params:
     """Initialise one SIREN (no batch dim) deterministically from ``seed`` on the CPU."""
     gen = _item_generator(seed)
     params: Params = []
-    for layer, (fan_in, fan_out) in enumerate(spec.layer_dims()):
+    dims = spec.layer_dims()
+    for layer, (fan_in, fan_out) in enumerate(dims):
+        head = layer == len(dims) - 1
         if layer == 0 and spec.init == "siren":
             bound_w = 1.0 / fan_in
+        elif head and spec.init == "released":
+            bound_w = 1.0 / math.sqrt(fan_in)   # the released code's head is a default nn.Linear
         else:
             bound_w = math.sqrt(6.0 / fan_in) / spec.w0
         w = (torch.rand(fan_out, fan_in, generator=gen) * 2 - 1) * bound_w
-        if spec.init == "released":
-            b = torch.zeros(fan_out)
+        if spec.init == "released" and not head:
+            b = torch.zeros(fan_out)   # the released sine layers zero their biases
         else:
             bound_b = 1.0 / math.sqrt(fan_in)  # torch nn.Linear's default bias init, kept by the SIREN code
             b = (torch.rand(fan_out, generator=gen) * 2 - 1) * bound_b
