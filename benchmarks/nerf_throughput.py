@@ -33,15 +33,11 @@ def seconds_per_step(batch: int, spec: NerfSpec, render: RenderSettings, size: i
               for k in range(batch)]
     settings = phase_settings({"iterations": steps + warmup, "lr": 5e-4, "lr_min": 5e-5}, "basic")
     fitter = NerfBatchFit(spec, scenes, settings, render, init_params(spec, [42] * batch), device=device)
-    for _ in range(warmup):
-        fitter._train_step()
-        fitter.step += 1
+    fitter.advance(warmup)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        fitter._train_step()
-        fitter.step += 1
+    fitter.advance(steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps

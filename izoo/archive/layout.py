@@ -151,20 +151,22 @@ def normalise_items(items: pd.DataFrame) -> pd.DataFrame:
 
 def create_datasets(h5: h5py.File, param_shapes: Mapping[str, tuple[int, ...]], n_items: int,
                     extra_shapes: Mapping[str, tuple[tuple[int, ...], Any]] | None = None,
-                    maxshape_items: int | None = None) -> None:
-    """Create empty ``/params``, ``/items`` and ``/extras`` datasets for ``n_items`` items (resizable if asked)."""
+                    maxshape_items: int | None = None, compress: bool = True) -> None:
+    """Create empty ``/params``, ``/items`` and ``/extras`` datasets for ``n_items`` items (resizable if asked;
+    ``compress=False`` leaves out the codec, for short-lived work files)."""
     maxn = maxshape_items if maxshape_items is not None else n_items
+    codec = CODEC if compress else {}
     for name, shape in param_shapes.items():
         per_item = int(np.prod(shape)) * 4
         h5.create_dataset(f"params/{name}", shape=(n_items, *shape), maxshape=(maxn, *shape), dtype=np.float32,
-                          chunks=(chunk_items(per_item, max(n_items, 1)), *shape), **CODEC)
+                          chunks=(chunk_items(per_item, max(n_items, 1)), *shape), **codec)
     for col, dtype in ITEM_COLUMNS.items():
         h5.create_dataset(f"items/{col}", shape=(n_items,), maxshape=(maxn,),
                           dtype=STR_DTYPE if dtype is str else dtype, chunks=(min(max(n_items, 1), 65536),))
     for name, (shape, dtype) in (extra_shapes or {}).items():
         per_item = int(np.prod(shape)) * np.dtype(dtype).itemsize
         h5.create_dataset(f"extras/{name}", shape=(n_items, *shape), maxshape=(maxn, *shape), dtype=dtype,
-                          chunks=(chunk_items(per_item, max(n_items, 1)), *shape), **CODEC)
+                          chunks=(chunk_items(per_item, max(n_items, 1)), *shape), **codec)
 
 
 def write_rows(h5: h5py.File, start: int, params: Mapping[str, np.ndarray], items: pd.DataFrame,
@@ -181,8 +183,10 @@ def write_rows(h5: h5py.File, start: int, params: Mapping[str, np.ndarray], item
 
 
 def write_inr_file(path: str | Path, params: Mapping[str, np.ndarray], items: pd.DataFrame,
-                   attrs: Mapping[str, Any], extras: Mapping[str, np.ndarray] | None = None) -> Path:
-    """Write a complete INR file atomically (temp file, then rename)."""
+                   attrs: Mapping[str, Any], extras: Mapping[str, np.ndarray] | None = None,
+                   compress: bool = True) -> Path:
+    """Write a complete INR file atomically (temp file, then rename); ``compress=False`` for work files that
+    are read back once (gzip compresses float weights only to ~0.85 and bounds the write speed)."""
     path = Path(path)
     n = len(items)
     for name, value in params.items():
@@ -194,7 +198,7 @@ def write_inr_file(path: str | Path, params: Mapping[str, np.ndarray], items: pd
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             create_datasets(h5, {k: tuple(v.shape[1:]) for k, v in params.items()}, n,
-                            {k: (tuple(v.shape[1:]), v.dtype) for k, v in (extras or {}).items()})
+                            {k: (tuple(v.shape[1:]), v.dtype) for k, v in (extras or {}).items()}, compress=compress)
             write_rows(h5, 0, params, items, extras)
             h5.attrs.update(encode_attrs(attrs))
     return path

@@ -138,6 +138,16 @@ def _photo_crops(photo: np.ndarray, n: int, rng: np.random.Generator, size: int 
     return out
 
 
+def cifar_like_images(n: int, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` CIFAR-like images ``[n, size, size, 3]`` uint8 and their labels, classes round-robin (in memory, for
+    benchmarks; ``make_cifar10`` writes the same kind of images in the official layout)."""
+    rng = np.random.default_rng([seed, 11])
+    per_class = -(-n // 10)
+    crops = [_photo_crops(load(), per_class, rng, size) for _, load in _cifar_photos()]
+    images = np.stack([crops[k % 10][k // 10] for k in range(n)])
+    return images, np.arange(n) % 10
+
+
 def cifar_test_per_class(n_per_class: int) -> int:
     """Test images per class for ``n_per_class`` training images: CIFAR-10's 5:1 ratio (5000 → 1000), at least 1."""
     return max(1, int(n_per_class) // 5)

@@ -262,7 +262,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
                       f"{PHASE_REPORT}iterations": part.iterations.astype(np.int64),
                       f"{PHASE_REPORT}seconds": part.seconds.astype(np.float64)}
             path = workdir / f"group-{k:05d}.h5"
-            layout.write_inr_file(path, part.params, table, {**attrs, "group": k}, extras)
+            layout.write_inr_file(path, part.params, table, {**attrs, "group": k}, extras, compress=False)
             ckpt.meta["groups"] = k + 1
             groups.append(layout.read_inr_file(path))
             emit(f"group {k + 1}/{max(expected, k + 1)} fitted ({len(pos)} items)")

@@ -272,6 +272,14 @@ class StreamFit:
             self.steps += 1
         return len(cidx), float(psnr.mean())
 
+    def advance(self, n_steps: int) -> None:
+        """``n_steps`` training steps of the slots' items with no checks and no stopping (benchmarks time this)."""
+        self._refill()
+        no_check = torch.zeros(len(self.pos), dtype=torch.bool)
+        for _ in range(n_steps):
+            self._train(no_check)
+            self.steps += 1
+
     # ----- results
     def _take_pending(self) -> FitResult | None:
         """The finished items not handed out yet, in job order (and forget them)."""
