@@ -192,7 +192,7 @@ def part_e2e(base: Path, per_class: int, slots: int, shard_size: int) -> dict:
 def main() -> None:
     """Run the parts and print the SUMMARY line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n-loop", type=int, default=24, help="images fitted one at a time by the released loop")
+    ap.add_argument("--n-loop", type=int, default=8, help="images fitted one at a time by the released loop")
     ap.add_argument("--n-batch", type=int, default=512, help="images fitted by each izoo recipe")
     ap.add_argument("--slots", type=int, default=512, help="continuous-batching slots (fit.batch_size)")
     ap.add_argument("--e2e-per-class", type=int, default=5000,
