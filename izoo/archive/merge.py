@@ -125,7 +125,7 @@ def _read_header(path: Path, kind: str) -> _SourceFile:
 
 def _check_same_model(ref: _SourceFile, other: _SourceFile) -> None:
     fix = "refit it with the same config as the other shards, or merge only files of one config"
-    for key in ("model_family", "architecture"):
+    for key in ("model_family", "architecture", "coordinate_convention"):
         if ref.attrs.get(key) != other.attrs.get(key):
             raise IzooError(f"{key} differs from {ref.path.name} ({other.attrs.get(key)!r} vs {ref.attrs.get(key)!r})",
                             other.path, fix)
