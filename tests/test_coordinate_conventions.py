@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
+import pandas as pd
 import pytest
 import torch
 
@@ -78,3 +79,22 @@ def test_consumers_follow_the_convention(convention: str) -> None:
     labels = torch.arange(6 * 10).reshape(1, 6, 10) % 19
     _, same = zoom_crop([p[:1] for p in params], labels, torch.ones(1), torch.zeros(1, 2), convention)
     assert torch.equal(same, labels)
+
+
+def test_merge_accepts_old_and_new_names_but_not_two_conventions(tmp_path: Path) -> None:
+    from izoo.archive.merge import merge_split
+
+    legacy = "pixel centres in (-1, 1); channel 0 = x (column, left→right), channel 1 = y (row, top→bottom)"
+    shards = [izoo_archive(tmp_path / f"train-{k:05d}.h5", n=3, first_index=3 * k) for k in range(2)]
+    manifest = pd.DataFrame({"index": range(6), "split": "train", "item_id": [f"img{i}" for i in range(6)],
+                             "label": [i % 3 for i in range(6)], "source_id": [f"toy/{i}.png" for i in range(6)],
+                             "shard": [f"train-{i // 3:05d}" for i in range(6)]})
+    with h5py.File(shards[0], "r+") as h5:
+        h5.attrs["coordinate_convention"] = legacy       # a shard fitted before the conventions were named
+    result = merge_split(manifest, "train", shards, tmp_path / "train.h5")
+    with izoo.archive.open(result.path) as arch:
+        assert len(arch) == 6 and arch.coordinate_convention == siren.PIXEL_CENTERS
+    with h5py.File(shards[1], "r+") as h5:
+        h5.attrs["coordinate_convention"] = siren.LINSPACE_ENDPOINTS
+    with pytest.raises(IzooError, match="coordinate_convention differs"):
+        merge_split(manifest, "train", shards, tmp_path / "again.h5")

@@ -23,13 +23,14 @@ from released_layout import ReleasedINR, write_run
 SPEC = siren.SirenSpec(depth=4, width=12, w0=30.0)
 
 
-def izoo_archive(path: Path, n: int = 5) -> Path:
+def izoo_archive(path: Path, n: int = 5, first_index: int = 10) -> Path:
     """A pixel-centre SIREN archive of random INRs (what ``izoo merge`` writes, minus the fitting)."""
     params = siren.init_params(SPEC, list(range(n)))
     names = [f"layer{k // 2}.{'weight' if k % 2 == 0 else 'bias'}" for k in range(2 * SPEC.depth)]
-    items = pd.DataFrame({"index": np.arange(10, 10 + n), "item_id": [f"img{i}" for i in range(n)],
-                          "source_id": [f"toy/{i}.png" for i in range(n)], "split": "train",
-                          "label": np.arange(n) % 3, "psnr": np.linspace(25, 35, n), "phase": "basic",
+    rows = np.arange(first_index, first_index + n)
+    items = pd.DataFrame({"index": rows, "item_id": [f"img{i}" for i in rows],
+                          "source_id": [f"toy/{i}.png" for i in rows], "split": "train",
+                          "label": rows % 3, "psnr": np.linspace(25, 35, n), "phase": "basic",
                           "iterations": 100, "seconds": 1.0, "passed": np.linspace(25, 35, n) >= 30})
     attrs = layout.base_attrs("siren", SPEC.to_dict(), coordinate_convention=siren.COORDINATE_CONVENTION,
                               normalisation={"mean": list(siren.IMAGENET_MEAN), "std": list(siren.IMAGENET_STD)},
