@@ -75,3 +75,9 @@ def test_sampler_rejects_bad_sizes() -> None:
     sampler = ContiguousRunBatchSampler(10, 4, run_length=3, shuffle=True)
     sampler.set_epoch(5)
     assert sorted(r for b in sampler for r in b) == list(range(10)) and sampler.epoch == 6
+
+
+def test_a_plain_dataloader_over_the_archive_still_collates_items(archive) -> None:
+    batch = next(iter(DataLoader(archive, batch_size=4)))
+    assert batch["params"][0].shape == (4, *archive.param_shapes["layer0.weight"])
+    assert batch["index"].tolist() == [10, 11, 12, 13]

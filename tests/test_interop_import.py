@@ -156,3 +156,12 @@ def test_several_seeds_need_a_choice(released: dict) -> None:
     with izoo.archive.open(result.archive) as arch:
         assert np.isfinite(arch.psnr).all() and arch.attrs["seed_mode"] == "shared"
     assert make_coordinates(2, 3)[:, 0].tolist() == [-1, 0, 1, -1, 0, 1]   # the helper's own axis order
+
+
+def test_a_source_with_skipped_items_cannot_be_matched(released: dict) -> None:
+    labels = list(TRAIN_LABELS)
+    labels[5] = 12                                    # out of range: the source reader skips it
+    source = {"format": "cifar10", "root": str(write_cifar(released["tmp"] / "cifar-bad", labels, [0])),
+              "splits": ["train"], "on_bad_item": "skip"}
+    with pytest.raises(IzooError, match="1 unreadable items"):
+        import_implicit_zoo([released["root"]], released["tmp"] / "x.h5", "train", source_cfg=source)

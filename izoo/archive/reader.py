@@ -13,13 +13,18 @@ API (``izoo.archive.open`` is ``open_archive``)::
     arch.extras("label_map", rows)        # numpy [B, ...]; arch.label_maps(rows) is the segmentation shortcut
     for batch in arch.loader(batch_size=512, shuffle=True, seed=0):   # dict of batched tensors, as arch[i] batched
         ...
-    arch.render([0, 1], height=64, width=64)   # [B, 3, H, W] in [0, 1], any resolution (batched SIREN)
+    for batch in arch.dataloader(batch_size=512, shuffle=True, num_workers=4, pin_memory=True):  # torch DataLoader
+        ...                                   # the same dicts, CPU tensors, batches of shuffled contiguous runs
+    arch.coordinate_convention            # "pixel_centers" (izoo fits) or "linspace_endpoints" (released INRs)
+    arch.render([0, 1], height=64, width=64)   # [B, 3, H, W] in [0, 1], any resolution, on that grid
 
 Reads go through one h5py slice per dataset per contiguous run of items (chunked along items), so a batch
 costs a few chunk decompressions, not one read per item. ``shuffle=True`` reads ``pool_batches`` randomly
 placed contiguous runs, pools them and permutes the pool: batches differ every epoch while every read stays
 contiguous. ``in_memory=True`` reads the whole archive into RAM once (CIFAR's 1.4 GB; not ImageNet's 750 GB).
-The file is (re)opened lazily per process, so the Dataset works with multi-worker ``torch.utils.data.DataLoader``.
+The file is (re)opened lazily per process, so the Dataset works with multi-worker ``torch.utils.data.DataLoader``;
+``dataloader`` builds one whose ``ContiguousRunBatchSampler`` keeps every read a slice and whose dataset reads a
+whole batch per call.
 
 ``render`` dispatches on the ``model_family`` attribute: ``siren`` renders the batched SIREN on the pixel grid;
 ``nerf`` renders each scene from its first archived held-out camera through ``izoo.nerf.archive`` (volumes and
@@ -298,11 +303,6 @@ class InrArchive(Dataset):
                 out[name] = ([v.decode() if isinstance(v, bytes) else str(v) for v in value]
                              if value.dtype.kind in "SUO" else self._tensor(value, dev))
         return out
-
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
-        """A whole batch in one read per contiguous run, on the CPU (``DataLoader`` calls this for a batch sampler's
-        index lists; workers must not create device tensors, and ``pin_memory`` needs CPU ones)."""
-        return self.batch(indices, device="cpu")
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= int(i) < len(self):

@@ -297,6 +297,12 @@ def import_implicit_zoo(roots: Sequence[str | Path], out: str | Path, split: str
 
         source = open_source(dict(source_cfg))
         refs = source.list_items(split)
+        skipped = source.bad_items(split)
+        if skipped:
+            # released indices count every image of the split: a skipped source item would shift all later ones
+            raise IzooError(f"the source split {split!r} has {len(skipped)} unreadable items (e.g. "
+                            f"{skipped[0].source_id}: {skipped[0].error}), so released indices cannot be matched",
+                            source.root, "repair the source dataset, or import without --dataset-config")
     dev = torch.device(device)
     spec: siren.SirenSpec | None = None
     first_path: Path | None = None
