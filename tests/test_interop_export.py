@@ -116,3 +116,13 @@ def test_export_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
     assert rc == 2 and len(err.splitlines()) == 1 and "--resolution" in err and str(path) in err
     assert main(["export", str(tmp_path / "missing.h5"), "--format", "state-dicts", "--out", str(tmp_path / "y")]) == 2
     assert "archive is missing" in capsys.readouterr().err
+
+
+def test_cli_says_when_the_weights_need_converting_for_the_format(tmp_path: Path, capsys) -> None:
+    path = izoo_archive(tmp_path / "train.h5")
+    assert main(["export", str(path), "--format", "fit-a-nef", "--out", str(tmp_path / "a")]) == 0
+    assert "--convention linspace_endpoints" in capsys.readouterr().out
+    assert main(["export", str(path), "--format", "fit-a-nef", "--out", str(tmp_path / "b"),
+                 "--convention", "linspace_endpoints", "--resolution", "8", "8"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert "h5py.File('nefs_0-5.hdf5')" in (tmp_path / "b" / "README.md").read_text()

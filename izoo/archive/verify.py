@@ -378,7 +378,9 @@ def inspect_archive(path: str | Path) -> str:
         phases = items["phase"].value_counts()
         rows.append(("phases", ", ".join(f"{p} {int(phases.get(p, 0))}" for p in layout.PHASES if p in phases)
                      or "none"))
-        if n:
+        if n and iterations_unknown(attrs):
+            rows.append(("iterations, fitting time", "unknown (imported: the source format does not record them)"))
+        elif n:
             its = items["iterations"].to_numpy()
             rows.append(("iterations mean / max", f"{its.mean():.0f} / {its.max()}"))
             rows.append(("fitting time", f"{items['seconds'].sum() / 3600:.2f} GPU-hours "

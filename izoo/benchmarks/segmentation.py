@@ -191,8 +191,8 @@ def zoom_crop(params: siren.Params, labels: torch.Tensor, ratio: torch.Tensor, o
 
     The crop shows original coordinates ``x / r + t``; since ``W (x / r + t) + b = (W / r) x + (b + W t)`` the first
     layer becomes ``(W / r, b + W t)``. Label maps are resampled at the same coordinates (nearest neighbour, on the
-    INRs' ``convention`` grid as ``siren.coordinate_grid``). Zoom-out (r < 1) is not offered: it would query the INR outside the
-    (-1, 1) square it was fitted on.
+    INRs' ``convention`` grid as ``siren.coordinate_grid``). Zoom-out (r < 1) is not offered: it would query the INR
+    outside the (-1, 1) square it was fitted on.
     """
     w, b = params[0], params[1]
     new_w = w / ratio[:, None, None]

@@ -25,12 +25,16 @@ def _import_main(args: argparse.Namespace) -> int:
 
 def _export_main(args: argparse.Namespace) -> int:
     """``izoo export``: archive → state-dict folder or fit-a-nef HDF5, with the conventions beside it."""
-    from izoo.interop.export import export_archive
+    from izoo.interop.export import NATIVE_CONVENTION, export_archive
 
     result = export_archive(args.archive, args.out, args.format, convention=args.convention,
                             resolution=tuple(args.resolution) if args.resolution else None)
     print(f"{result.out_dir}: {result.n_items} SIRENs as {result.format} ({len(result.files)} files, coordinates "
           f"{result.convention}; conventions.json and README.md beside them)")
+    native = NATIVE_CONVENTION[args.format]
+    if result.convention != native:
+        print(f"{result.out_dir}: note: {args.format} code decodes on {native}; these weights decode on "
+              f"{result.convention} (pass --convention {native} --resolution H W to convert them exactly)")
     return 0
 
 

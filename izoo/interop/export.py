@@ -38,6 +38,8 @@ from izoo.models import siren
 log = logging.getLogger(__name__)
 
 FORMATS = ("state-dicts", "fit-a-nef")
+#: the grid each format's own code decodes on (both read the weights on linspace(-1, 1) with the end points)
+NATIVE_CONVENTION = {"state-dicts": siren.LINSPACE_ENDPOINTS, "fit-a-nef": siren.LINSPACE_ENDPOINTS}
 CONVENTIONS_FILE = "conventions.json"
 README_FILE = "README.md"
 ITEMS_FILE = "items.csv"
@@ -92,16 +94,16 @@ def conventions(archive: InrArchive, convention: str, resolution: tuple[int, int
     return doc
 
 
-def _readme(fmt: str, doc: dict[str, Any]) -> str:
+def _readme(fmt: str, doc: dict[str, Any], file_name: str) -> str:
     model = doc["model"]
     if fmt == "state-dicts":
         load = ("```python\nimport torch\nstate = torch.load('000000.pth', weights_only=True)  # seq.{i}.weight [out, in], "
                 "seq.{i}.bias [out]\n# the released Implicit-Zoo INR(image_size, in_dim=2, n_layers=%d, up_scale=%d, "
                 "out_channels=3).load_state_dict(state)\n```\n" % (model["depth"], model["width"] // 2))
     else:
-        load = ("```python\nimport h5py, json\nf = h5py.File(NEFS_FILE)\nparams, config = f['params'][:], "
+        load = ("```python\nimport h5py, json\nf = h5py.File('%s')\nparams, config = f['params'][:], "
                 "json.loads(f['param_config'][0])\n# fit_a_nef.utils.unflatten_params(config, params) -> flax SIREN "
-                "params (num_layers=%d, hidden_dim=%d, omega_0=%g)\n```\n" % (model["depth"], model["width"],
+                "params (num_layers=%d, hidden_dim=%d, omega_0=%g)\n```\n" % (file_name, model["depth"], model["width"],
                                                                              model["w0"]))
     return (f"# izoo export ({fmt})\n\n{doc['n_items']} SIRENs of `{doc['source_archive']}` "
             f"(dataset {doc['dataset']}, split {doc['split']}); `items.csv` maps each to its item.\n\n"
@@ -139,7 +141,7 @@ def export_archive(archive_path: str | Path, out_dir: str | Path, fmt: str, conv
                  float(items["psnr"][k])) for k in range(len(archive))]
         _write_bytes(out_dir / ITEMS_FILE, csv_bytes(ITEM_COLUMNS, rows))
         _write_bytes(out_dir / CONVENTIONS_FILE, (json.dumps(doc, indent=2) + "\n").encode())
-        _write_bytes(out_dir / README_FILE, _readme(fmt, doc).encode())
+        _write_bytes(out_dir / README_FILE, _readme(fmt, doc, files[0].name if files else "").encode())
         return ExportResult(out_dir, fmt, len(archive), files, target)
 
 
