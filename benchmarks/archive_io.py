@@ -2,7 +2,8 @@
 
 Writes synthetic shard files in the real layout (SIREN weights = a shared init plus per-item noise, which
 compresses like fitted weights: barely), with a share of items overridden by refinement job files, then
-times ``merge_split``, the reader's access paths and ``verify``. Prints a markdown table.
+times ``merge_split``, the reader's access paths (the iterable ``loader`` and the ``torch.utils.data.DataLoader`` of
+``dataloader``, in-process and with worker processes) and ``verify``. Prints a markdown table.
 
     python benchmarks/archive_io.py --items 4000 --depth 3 --width 64     # CIFAR-10 INRs (18 KB/item)
     python benchmarks/archive_io.py --items 1000 --depth 4 --width 256    # ImageNet INRs (528 KB/item)
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--random-items", type=int, default=500, help="single items read in random order")
     parser.add_argument("--repeat", type=int, default=3, help="read timings are the best of this many runs")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp folder)")
+    parser.add_argument("--workers", type=int, nargs="*", default=[0, 2],
+                        help="DataLoader worker counts to time (each epoch starts its workers afresh)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = siren.SirenSpec(depth=args.depth, width=args.width)
@@ -126,6 +129,16 @@ def main() -> None:
         add(f"loader, sequential ({args.batch_size})", t, args.items)
         t, _ = timed(lambda: loader(path, True), args.repeat)
         add(f"loader, shuffled pools ({args.batch_size})", t, args.items)
+        def dataloader(archive_path: Path, shuffle: bool, workers: int) -> int:
+            arch = izoo.archive.open(archive_path)
+            return sum(1 for _ in arch.dataloader(batch_size=args.batch_size, shuffle=shuffle, num_workers=workers))
+
+        run = izoo.archive.open(path).run_length()
+        for workers in args.workers:
+            t, _ = timed(lambda: dataloader(path, False, workers), args.repeat)
+            add(f"DataLoader, sequential ({args.batch_size}, {workers} workers)", t, args.items)
+            t, _ = timed(lambda: dataloader(path, True, workers), args.repeat)
+            add(f"DataLoader, shuffled runs of {run} ({args.batch_size}, {workers} workers)", t, args.items)
         t, _ = timed(lambda: izoo.archive.open(path, in_memory=True), args.repeat)
         add("in_memory load", t, args.items)
         t, _ = timed(lambda: loader(vpath, True), args.repeat)

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "izoo.reports",
     "izoo.nerf.commands",
     "izoo.benchmarks.commands",
+    "izoo.interop.commands",
 ]
 
 

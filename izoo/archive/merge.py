@@ -129,6 +129,13 @@ def _check_same_model(ref: _SourceFile, other: _SourceFile) -> None:
         if ref.attrs.get(key) != other.attrs.get(key):
             raise IzooError(f"{key} differs from {ref.path.name} ({other.attrs.get(key)!r} vs {ref.attrs.get(key)!r})",
                             other.path, fix)
+    if ref.attrs.get("model_family", "siren") == "siren":
+        from izoo.archive.reader import coordinate_convention_of  # reader imports this module
+
+        # named, so shards fitted before the names were introduced still merge with newer ones
+        ours, theirs = coordinate_convention_of(ref.attrs, ref.path), coordinate_convention_of(other.attrs, other.path)
+        if ours != theirs:
+            raise IzooError(f"coordinate_convention differs from {ref.path.name} ({theirs} vs {ours})", other.path, fix)
     if ref.params != other.params:
         raise IzooError(f"parameter shapes differ from {ref.path.name} ({other.params} vs {ref.params})", other.path, fix)
     if ref.extras != other.extras:

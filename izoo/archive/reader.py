@@ -13,13 +13,18 @@ API (``izoo.archive.open`` is ``open_archive``)::
     arch.extras("label_map", rows)        # numpy [B, ...]; arch.label_maps(rows) is the segmentation shortcut
     for batch in arch.loader(batch_size=512, shuffle=True, seed=0):   # dict of batched tensors, as arch[i] batched
         ...
-    arch.render([0, 1], height=64, width=64)   # [B, 3, H, W] in [0, 1], any resolution (batched SIREN)
+    for batch in arch.dataloader(batch_size=512, shuffle=True, num_workers=4, pin_memory=True):  # torch DataLoader
+        ...                                   # the same dicts, CPU tensors, batches of shuffled contiguous runs
+    arch.coordinate_convention            # "pixel_centers" (izoo fits) or "linspace_endpoints" (released INRs)
+    arch.render([0, 1], height=64, width=64)   # [B, 3, H, W] in [0, 1], any resolution, on that grid
 
 Reads go through one h5py slice per dataset per contiguous run of items (chunked along items), so a batch
 costs a few chunk decompressions, not one read per item. ``shuffle=True`` reads ``pool_batches`` randomly
 placed contiguous runs, pools them and permutes the pool: batches differ every epoch while every read stays
 contiguous. ``in_memory=True`` reads the whole archive into RAM once (CIFAR's 1.4 GB; not ImageNet's 750 GB).
-The file is (re)opened lazily per process, so the Dataset works with multi-worker ``torch.utils.data.DataLoader``.
+The file is (re)opened lazily per process, so the Dataset works with multi-worker ``torch.utils.data.DataLoader``;
+``dataloader`` builds one whose ``ContiguousRunBatchSampler`` keeps every read a slice and whose dataset reads a
+whole batch per call.
 
 ``render`` dispatches on the ``model_family`` attribute: ``siren`` renders the batched SIREN on the pixel grid;
 ``nerf`` renders each scene from its first archived held-out camera through ``izoo.nerf.archive`` (volumes and
@@ -38,7 +43,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from izoo.archive import layout
 from izoo.archive.merge import read_rows
@@ -58,7 +63,8 @@ def register_renderer(family: str, renderer: Renderer) -> None:
 
 
 def _render_siren(archive: "InrArchive", rows: np.ndarray, height: int, width: int) -> torch.Tensor:
-    return siren.render(archive.params_batch(rows), archive.spec, height, width)
+    return siren.render(archive.params_batch(rows), archive.spec, height, width,
+                        convention=archive.coordinate_convention)
 
 
 def _render_nerf(archive: "InrArchive", rows: np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -88,6 +94,22 @@ def spec_from_attrs(attrs: dict[str, Any]) -> siren.SirenSpec | None:
     arch = attrs.get("architecture") or {}
     fields = {f.name for f in dataclasses.fields(siren.SirenSpec)}
     return siren.SirenSpec(**{k: v for k, v in arch.items() if k in fields})
+
+
+#: what izoo wrote as ``coordinate_convention`` before the attribute named one of ``siren.COORDINATE_CONVENTIONS``
+LEGACY_PIXEL_CENTRES_TEXT = "pixel centres in (-1, 1)"
+
+
+def coordinate_convention_of(attrs: dict[str, Any], path: str | Path | None = None) -> str:
+    """The SIREN coordinate convention an archive records (``pixel_centers`` when it predates the attribute)."""
+    value = attrs.get("coordinate_convention")
+    if value is None or (isinstance(value, str) and value.startswith(LEGACY_PIXEL_CENTRES_TEXT)):
+        return siren.PIXEL_CENTERS
+    if value not in siren.COORDINATE_CONVENTIONS:
+        raise IzooError(f"unknown coordinate_convention attribute {value!r} (known: "
+                        f"{sorted(siren.COORDINATE_CONVENTIONS)})", path,
+                        "set it to one of those names (h5py: f.attrs['coordinate_convention'] = ...)")
+    return str(value)
 
 
 def param_order(attrs: dict[str, Any], names: Sequence[str]) -> list[str]:
@@ -165,6 +187,9 @@ class InrArchive(Dataset):
                             "or rerun `izoo merge` without --virtual")
         self.model_family = str(self.attrs.get("model_family", "siren"))
         self.spec: Any = spec_from_attrs(self.attrs)
+        #: SIREN archives: where pixels sit (``siren.COORDINATE_CONVENTIONS``); NeRF archives keep their camera text
+        self.coordinate_convention = (coordinate_convention_of(self.attrs, self.path) if self.model_family == "siren"
+                                      else str(self.attrs.get("coordinate_convention", "")))
         if self.model_family == "nerf":
             from izoo.nerf.model import NerfSpec
 
@@ -231,8 +256,12 @@ class InrArchive(Dataset):
             return slice(int(rows[0]), int(rows[-1]) + 1)  # one contiguous read
         return rows
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+    def _tensor(self, array: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device or self.device, non_blocking=True)
+
+    def coordinate_grid(self, height: int, width: int) -> torch.Tensor:
+        """``[H*W, 2]`` query coordinates of an H×W image under this archive's convention, on ``device``."""
+        return siren.coordinate_grid(height, width, device=self.device, convention=self.coordinate_convention)
 
     def params_batch(self, indices: Sequence[int] | np.ndarray | slice | torch.Tensor) -> list[torch.Tensor]:
         """Stacked parameters ``[B, ...]`` of the given item rows, in ``param_names`` order, on ``device``."""
@@ -255,21 +284,24 @@ class InrArchive(Dataset):
         """The per-item table (every column of ``layout.ITEM_COLUMNS``)."""
         return layout.read_items(self._file())
 
-    def batch(self, indices: Sequence[int] | np.ndarray | slice, with_extras: bool = True) -> dict[str, Any]:
-        """A batch dict: ``params`` (stacked list), ``label``/``index`` (int64), ``psnr`` and the extras, as tensors."""
+    def batch(self, indices: Sequence[int] | np.ndarray | slice, with_extras: bool = True,
+              device: torch.device | str | None = None) -> dict[str, Any]:
+        """A batch dict: ``params`` (stacked list), ``label``/``index`` (int64), ``psnr`` and the extras, as tensors
+        on ``device`` (default: the archive's)."""
         rows = self._rows(indices)
+        dev = None if device is None else torch.device(device)
         out: dict[str, Any] = {
-            "params": [self._tensor(self._read(f"params/{n}", rows)) for n in self.param_names],
-            "label": self._tensor(self.labels[rows]),
-            "index": self._tensor(self.index[rows]),
-            "psnr": self._tensor(self.psnr[rows]),
+            "params": [self._tensor(self._read(f"params/{n}", rows), dev) for n in self.param_names],
+            "label": self._tensor(self.labels[rows], dev),
+            "index": self._tensor(self.index[rows], dev),
+            "psnr": self._tensor(self.psnr[rows], dev),
         }
         if with_extras:
             for name in self.extra_names:
                 value = self._read(f"extras/{name}", rows)
                 # text extras (NeRF class names) stay a list of str: torch has no string tensors
                 out[name] = ([v.decode() if isinstance(v, bytes) else str(v) for v in value]
-                             if value.dtype.kind in "SUO" else self._tensor(value))
+                             if value.dtype.kind in "SUO" else self._tensor(value, dev))
         return out
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -289,6 +321,28 @@ class InrArchive(Dataset):
                with_extras: bool = True) -> "InrLoader":
         """Iterable of batch dicts (see ``batch``) read in contiguous runs; ``indices`` restricts it to those rows."""
         return InrLoader(self, batch_size, shuffle, drop_last, seed, indices, pool_batches, with_extras)
+
+    def run_length(self) -> int:
+        """Items per chunk of the largest parameter dataset: the contiguous run one decompression yields."""
+        h5 = self._file()
+        largest = max(self.param_names, key=lambda n: int(np.prod(self.param_shapes[n])))
+        chunks = h5[f"params/{largest}"].chunks
+        return int(chunks[0]) if chunks else 1
+
+    def dataloader(self, batch_size: int = 256, shuffle: bool = False, num_workers: int = 0,
+                   drop_last: bool = False, seed: int = 0, indices: Sequence[int] | np.ndarray | None = None,
+                   run_length: int | None = None, pin_memory: bool = False, with_extras: bool = True,
+                   **loader_kwargs: Any) -> DataLoader:
+        """A ``torch.utils.data.DataLoader`` of batch dicts (see ``batch``, CPU tensors) over contiguous item runs.
+
+        Batches come from ``ContiguousRunBatchSampler`` (``run_length`` items per run, default one chunk), each read
+        with one h5py slice per run; workers reopen the file themselves. Extra keyword arguments go to ``DataLoader``
+        (``prefetch_factor``, ``persistent_workers``, ...).
+        """
+        sampler = ContiguousRunBatchSampler(len(self) if indices is None else indices, batch_size,
+                                            run_length or self.run_length(), shuffle, drop_last, seed)
+        return DataLoader(_BatchReads(self, with_extras), batch_sampler=sampler, num_workers=num_workers,
+                          pin_memory=pin_memory, collate_fn=_whole_batch, **loader_kwargs)
 
     def render(self, indices: Sequence[int] | np.ndarray | slice | torch.Tensor, height: int,
                width: int) -> torch.Tensor:
@@ -352,6 +406,72 @@ class InrLoader:
             pending = _take(merged, slice(full, n)) if full < n else None
         if pending is not None and not self.drop_last:
             yield pending
+
+
+class _BatchReads(Dataset):
+    """The archive as ``DataLoader`` sees it: one batched CPU read per index list (extras only when asked)."""
+
+    def __init__(self, archive: InrArchive, with_extras: bool):
+        self.archive, self.with_extras = archive, with_extras
+
+    def __len__(self) -> int:
+        return len(self.archive)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.archive[i]
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        return self.archive.batch(indices, self.with_extras, device="cpu")
+
+
+def _whole_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """``collate_fn`` of ``InrArchive.dataloader``: ``__getitems__`` already returns the collated batch."""
+    return batch
+
+
+class ContiguousRunBatchSampler(Sampler[list[int]]):
+    """Batches of item rows built from runs of ``run_length`` consecutive rows (one chunk each by default).
+
+    Unshuffled: consecutive rows. Shuffled: the runs are permuted every epoch (``set_epoch`` or one more pass) and
+    each batch is the concatenation of the next runs, in shuffled row order within the batch, so every read stays a
+    contiguous slice while batches differ every epoch. Items of one run always share a batch: ``run_length=1``
+    gives fully random batches at one read per item.
+    """
+
+    def __init__(self, rows: int | Sequence[int] | np.ndarray, batch_size: int, run_length: int = 1,
+                 shuffle: bool = False, drop_last: bool = False, seed: int = 0):
+        if batch_size < 1 or run_length < 1:
+            raise ValueError(f"batch_size and run_length must be >= 1 (got {batch_size}, {run_length})")
+        self.rows = np.arange(rows) if isinstance(rows, (int, np.integer)) else np.asarray(rows, dtype=np.int64)
+        self.batch_size, self.run_length = int(batch_size), int(run_length)
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shuffle of ``epoch`` for the next pass (as ``DistributedSampler``)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.rows), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rows = self.rows
+        if self.shuffle:
+            rng = np.random.default_rng((self.seed, self.epoch))
+            # runs follow the archive's chunk grid (not the order of ``rows``) so each run is one decompression
+            chunk = rows // self.run_length
+            breaks = np.flatnonzero(np.diff(chunk) != 0) + 1 if len(rows) else np.empty(0, dtype=np.int64)
+            runs = np.split(rows, breaks) if len(rows) else []
+            rows = np.concatenate([runs[k] for k in rng.permutation(len(runs))]) if runs else rows
+        self.epoch += 1
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start:start + self.batch_size]
+            if len(batch) < self.batch_size and self.drop_last:
+                return
+            if self.shuffle:
+                batch = batch[rng.permutation(len(batch))]
+            yield batch.tolist()
 
 
 def _cat(batches: list[dict[str, Any]]) -> dict[str, Any]:

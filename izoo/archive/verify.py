@@ -31,7 +31,8 @@ import torch
 
 from izoo.archive import layout
 from izoo.archive.merge import read_manifest
-from izoo.archive.reader import InrArchive, param_sort_key, spec_from_attrs, virtual_source_problems
+from izoo.archive.reader import (InrArchive, coordinate_convention_of, param_sort_key, spec_from_attrs,
+                                 virtual_source_problems)
 from izoo.errors import IzooError
 from izoo.metrics import psnr as psnr_db
 from izoo.models import siren
@@ -127,6 +128,11 @@ def _check_open(h5: h5py.File, path: Path, manifest: pd.DataFrame | str | Path |
     except (TypeError, ValueError) as exc:
         spec = None
         problems.append(f"architecture attribute is not a valid SIREN spec ({exc})")
+    if attrs.get("model_family", "siren") == "siren":
+        try:
+            coordinate_convention_of(attrs)
+        except IzooError as exc:
+            problems.append(exc.what)
     actual = {k: tuple(v.shape[1:]) for k, v in h5["params"].items()}
     if spec is not None:
         expected: dict[str, tuple[int, ...]] = {}
@@ -162,7 +168,7 @@ def _check_open(h5: h5py.File, path: Path, manifest: pd.DataFrame | str | Path |
         problems.append(f"items/phase is not one of {list(layout.PHASES)} for {len(unknown)} items "
                         f"(e.g. {phases[unknown[0]]!r} at index {index[unknown[0]]})")
     few = np.flatnonzero(items["iterations"].to_numpy() < 1)
-    if len(few):
+    if len(few) and not iterations_unknown(attrs):
         problems.append(f"items/iterations < 1 for {len(few)} items (index {_first(index[few])})")
 
     for name in sorted(h5["params"], key=param_sort_key) if scan_weights else []:
@@ -180,6 +186,12 @@ def _check_open(h5: h5py.File, path: Path, manifest: pd.DataFrame | str | Path |
         if len(bad):
             problems.append(f"params/{name} has NaN/Inf weights in {len(bad)} items (index {_first(index[bad])})")
     return problems
+
+
+def iterations_unknown(attrs: Mapping[str, Any]) -> bool:
+    """Whether the archive was imported from a format that does not record optimisation steps (stored as 0)."""
+    imported = attrs.get("imported_from")
+    return isinstance(imported, dict) and imported.get("iterations") == "unknown"
 
 
 def _check_manifest(items: pd.DataFrame, attrs: Mapping[str, Any], manifest: pd.DataFrame | str | Path) -> list[str]:
@@ -257,6 +269,11 @@ def _check_renders(archive: InrArchive, manifest: pd.DataFrame | None, sample: i
     rows = np.sort(np.random.default_rng(seed).choice(len(archive), size=min(sample, len(archive)), replace=False))
     index = archive.index
     stored = archive.psnr
+    if source_images is not None and manifest is not None and archive.attrs.get("psnr_measured_by") == "released":
+        report.notes.append("stored PSNRs are the released ones (measured before the last optimiser step, unclamped), "
+                            "not izoo's: not compared with the source; re-import with the source "
+                            "(--dataset-config) to have izoo re-measure them")
+        source_images = None
     if source_images is not None and manifest is not None:
         by_index = manifest.set_index("index")
         checked = 0
@@ -280,7 +297,7 @@ def _check_renders(archive: InrArchive, manifest: pd.DataFrame | None, sample: i
         return
     height, width = _render_size(archive.attrs)
     params = archive.params_batch(rows)
-    coords = siren.coordinate_grid(height, width, device=archive.device)
+    coords = archive.coordinate_grid(height, width)
     with torch.no_grad():
         raw = siren.denormalise_rgb(siren.forward(params, coords, archive.spec.w0))
     raw = raw.reshape(len(rows), -1)
@@ -292,7 +309,8 @@ def _check_renders(archive: InrArchive, manifest: pd.DataFrame | None, sample: i
         elif in_range[k] < IN_RANGE_SHARE:
             report.problems.append(f"item index {int(index[row])}: only {in_range[k]:.0%} of the rendered values lie "
                                    f"in [0, 1] (±{RANGE_SLACK}); a fitted image has >= {IN_RANGE_SHARE:.0%}")
-    report.notes.append(f"rendered {len(rows)} sampled items at {height}x{width} without source images: checked "
+    report.notes.append(f"rendered {len(rows)} sampled items at {height}x{width} ({archive.coordinate_convention}) "
+                        f"without source images: checked "
                         "finite and in range only (pass --manifest with a readable source to compare PSNR)")
 
 
@@ -360,7 +378,9 @@ def inspect_archive(path: str | Path) -> str:
         phases = items["phase"].value_counts()
         rows.append(("phases", ", ".join(f"{p} {int(phases.get(p, 0))}" for p in layout.PHASES if p in phases)
                      or "none"))
-        if n:
+        if n and iterations_unknown(attrs):
+            rows.append(("iterations, fitting time", "unknown (imported: the source format does not record them)"))
+        elif n:
             its = items["iterations"].to_numpy()
             rows.append(("iterations mean / max", f"{its.mean():.0f} / {its.max()}"))
             rows.append(("fitting time", f"{items['seconds'].sum() / 3600:.2f} GPU-hours "

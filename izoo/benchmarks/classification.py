@@ -73,6 +73,7 @@ class ClassificationSettings:
     max_train_items: int | None = None       # use only the first k items (quick looks; recorded in the result)
     max_test_items: int | None = None
     in_memory_gb: float = 8.0                # archives up to this size are held on the device whole
+    loader_workers: int = 0                  # DataLoader worker processes reading larger archives (0: in-process)
     amp: bool = True                         # bfloat16 autocast for the ViT on CUDA (the SIREN query stays fp32)
 
     @classmethod
@@ -119,7 +120,8 @@ class ClassificationSettings:
 class InrSplit:
     """One archive split for training: labels, SIREN spec, and parameter batches (on the device when small)."""
 
-    def __init__(self, path: str | Path, device: torch.device, max_items: int | None, in_memory_gb: float):
+    def __init__(self, path: str | Path, device: torch.device, max_items: int | None, in_memory_gb: float,
+                 loader_workers: int = 0):
         self.path = Path(path)
         self.device = device
         archive = izoo.archive.open(self.path, device="cpu")
@@ -127,6 +129,8 @@ class InrSplit:
             raise IzooError(f"classification needs SIREN INRs, not {archive.model_family!r}", self.path,
                             "pass a 2D image archive (e.g. results/cifar10/archive/train.h5)")
         self.spec = archive.spec
+        self.convention = archive.coordinate_convention
+        self.loader_workers = int(loader_workers)
         self.n = len(archive) if max_items is None else min(int(max_items), len(archive))
         if self.n == 0:
             raise IzooError("archive has no items", self.path, "rerun the merge that writes it")
@@ -140,7 +144,7 @@ class InrSplit:
         if self.in_memory:  # demo/CIFAR scale: hold every weight on the device, batches are plain indexing
             self.params = [p.to(device) for p in archive.params_batch(slice(0, self.n))]
             archive.close()
-        else:               # ImageNet scale: stream contiguous runs through the archive's loader
+        else:               # ImageNet scale: stream contiguous runs through the archive's DataLoader
             self._archive = archive
         self.labels = self.labels.to(device)
 
@@ -157,8 +161,9 @@ class InrSplit:
                 rows = order[start:start + batch_size]
                 yield [p[rows] for p in self.params], self.labels[rows]
             return
-        loader = self._archive.loader(batch_size=batch_size, shuffle=shuffle, seed=seed,
-                                      indices=np.arange(self.n), with_extras=False)
+        loader = self._archive.dataloader(batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                          indices=np.arange(self.n), with_extras=False,
+                                          num_workers=self.loader_workers, pin_memory=self.device.type == "cuda")
         for batch in loader:
             yield [p.to(self.device, non_blocking=True) for p in batch["params"]], batch["label"].to(self.device)
 
@@ -230,13 +235,13 @@ class InrClassifier(nn.Module):
 
 
 def build_classifier(settings: ClassificationSettings, tokenizer: str, num_classes: int, spec: siren.SirenSpec,
-                     seed: int = 0) -> InrClassifier:
+                     seed: int = 0, convention: str = siren.PIXEL_CENTERS) -> InrClassifier:
     """The full model of one run (seeded: same seed, same initial weights and LP+rand grouping)."""
     if tokenizer not in TOKENIZERS:
         raise IzooError(f"unknown tokenizer {tokenizer!r}", None, f"use one of {', '.join(TOKENIZERS)}")
     torch.manual_seed(seed)
     size = settings.image_size
-    tok = CoordinateTokenizer(tokenizer, size, size, settings.patch, seed=seed)
+    tok = CoordinateTokenizer(tokenizer, size, size, settings.patch, seed=seed, convention=convention)
     aug_cfg = settings.augment
     augment = None
     if aug_cfg.get("enabled", True) and int(aug_cfg.get("n_ops", 2)) > 0:
@@ -337,13 +342,13 @@ def run_classification(train_path: str | Path, test_path: str | Path, tokenizer:
     dev = resolve_device(device)
     seed_everything(seed)
     started = time.time()
-    train = InrSplit(train_path, dev, settings.max_train_items, settings.in_memory_gb)
-    test = InrSplit(test_path, dev, settings.max_test_items, settings.in_memory_gb)
-    if dataclasses.astuple(train.spec) != dataclasses.astuple(test.spec):
-        raise IzooError(f"train and test archives hold different SIRENs ({train.spec} vs {test.spec})", test_path,
-                        "pass the train/test archives of the same dataset")
+    train = InrSplit(train_path, dev, settings.max_train_items, settings.in_memory_gb, settings.loader_workers)
+    test = InrSplit(test_path, dev, settings.max_test_items, settings.in_memory_gb, settings.loader_workers)
+    if (dataclasses.astuple(train.spec), train.convention) != (dataclasses.astuple(test.spec), test.convention):
+        raise IzooError(f"train and test archives hold different SIRENs ({train.spec}, {train.convention} vs "
+                        f"{test.spec}, {test.convention})", test_path, "pass the train/test archives of the same dataset")
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    model = build_classifier(settings, tokenizer, num_classes, train.spec, seed).to(dev)
+    model = build_classifier(settings, tokenizer, num_classes, train.spec, seed, train.convention).to(dev)
     optimizer = make_optimizer(model, settings)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     total_steps = settings.epochs * steps_per_epoch

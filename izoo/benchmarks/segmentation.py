@@ -79,6 +79,7 @@ class SegSettings:
     pretrained_checkpoint: str | None = None
     eval_batch_size: int = 8
     in_memory: bool = False
+    loader_workers: int = 0  # DataLoader worker processes reading the archives (0: in-process)
     log_every: int = 50
     device: str = "auto"
 
@@ -146,9 +147,10 @@ def build_encoder(settings: SegSettings) -> nn.Module:
 class InrSegmenter(nn.Module):
     """Tokenizer + timm hierarchical encoder + SegFormer all-MLP head, over batches of SIREN parameters."""
 
-    def __init__(self, settings: SegSettings, tokenizer: str, seed: int = 0):
+    def __init__(self, settings: SegSettings, tokenizer: str, seed: int = 0, convention: str = siren.PIXEL_CENTERS):
         super().__init__()
-        self.tokenizer = CoordinateTokenizer(tokenizer, settings.height, settings.width, settings.patch, seed=seed)
+        self.tokenizer = CoordinateTokenizer(tokenizer, settings.height, settings.width, settings.patch, seed=seed,
+                                             convention=convention)
         self.encoder = build_encoder(settings)
         self.decoder = SegFormerHead(self.encoder.feature_info.channels(), settings.decoder_dim,
                                      settings.num_classes, settings.dropout)
@@ -183,22 +185,24 @@ def hflip_params(params: siren.Params, flip: torch.Tensor) -> siren.Params:
     return [w] + list(params[1:])
 
 
-def zoom_crop(params: siren.Params, labels: torch.Tensor, ratio: torch.Tensor, offset: torch.Tensor
-              ) -> tuple[siren.Params, torch.Tensor]:
+def zoom_crop(params: siren.Params, labels: torch.Tensor, ratio: torch.Tensor, offset: torch.Tensor,
+              convention: str = siren.PIXEL_CENTERS) -> tuple[siren.Params, torch.Tensor]:
     """Resize by ``ratio`` ``[B]`` (≥ 1) and crop at ``offset`` ``[B, 2]``, exactly, in weight space.
 
     The crop shows original coordinates ``x / r + t``; since ``W (x / r + t) + b = (W / r) x + (b + W t)`` the first
-    layer becomes ``(W / r, b + W t)``. Label maps are resampled at the same coordinates (nearest neighbour; pixel
-    centres as ``siren.coordinate_grid``). Zoom-out (r < 1) is not offered: it would query the INR outside the
-    (-1, 1) square it was fitted on.
+    layer becomes ``(W / r, b + W t)``. Label maps are resampled at the same coordinates (nearest neighbour, on the
+    INRs' ``convention`` grid as ``siren.coordinate_grid``). Zoom-out (r < 1) is not offered: it would query the INR
+    outside the (-1, 1) square it was fitted on.
     """
     w, b = params[0], params[1]
     new_w = w / ratio[:, None, None]
     new_b = b + torch.einsum("boi,bi->bo", w, offset)
     height, width = labels.shape[-2:]
-    grid = siren.coordinate_grid(height, width, device=labels.device).reshape(1, height, width, 2)
-    grid = grid / ratio[:, None, None, None] + offset[:, None, None, :]
-    resampled = F.grid_sample(labels[:, None].float(), grid, mode="nearest", align_corners=False)
+    grid = siren.coordinate_grid(height, width, device=labels.device, convention=convention)
+    grid = grid.reshape(1, height, width, 2) / ratio[:, None, None, None] + offset[:, None, None, :]
+    # grid_sample's align_corners=True puts ±1 on the border pixels' centres: the linspace grid
+    resampled = F.grid_sample(labels[:, None].float(), grid, mode="nearest",
+                              align_corners=convention == siren.LINSPACE_ENDPOINTS)
     return [new_w, new_b] + list(params[2:]), resampled[:, 0].round().long()
 
 
@@ -241,10 +245,11 @@ def _labels(batch: Mapping[str, Any], name: str, device: torch.device) -> torch.
     return batch[name].to(device=device, dtype=torch.long)
 
 
-def _cycle(arch: InrArchive, batch_size: int, seed: int):
+def _cycle(arch: InrArchive, batch_size: int, seed: int, workers: int = 0, pin_memory: bool = False):
     """Endless shuffled batches (a new permutation every pass); drops a ragged last batch when the set allows."""
     drop_last = len(arch) >= batch_size
-    loader = arch.loader(batch_size=batch_size, shuffle=True, drop_last=drop_last, seed=seed)
+    loader = arch.dataloader(batch_size=batch_size, shuffle=True, drop_last=drop_last, seed=seed,
+                             num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
     while True:
         for batch in loader:
             yield batch
@@ -257,7 +262,8 @@ def evaluate(model: InrSegmenter, arch: InrArchive, settings: SegSettings, w0: f
     confusions = {n: torch.zeros(settings.num_classes, settings.num_classes, dtype=torch.long) for n in names}
     model.eval()
     with torch.no_grad():
-        for batch in arch.loader(batch_size=settings.eval_batch_size, shuffle=False):
+        for batch in arch.dataloader(batch_size=settings.eval_batch_size, shuffle=False,
+                                     num_workers=settings.loader_workers, pin_memory=device.type == "cuda"):
             params = [p.to(device) for p in batch["params"]]
             logits = model(params, w0)
             for name in names:
@@ -290,13 +296,17 @@ def train_segmentation(train_path: str | Path, test_path: str | Path, tokenizer:
     test = open_archive(test_path, device="cpu", in_memory=settings.in_memory)
     _check_archive(train, "train")
     _check_archive(test, "test")
+    if train.coordinate_convention != test.coordinate_convention:
+        raise IzooError(f"train and test archives use different coordinate conventions ({train.coordinate_convention} "
+                        f"vs {test.coordinate_convention})", test_path, "pass the train/test archives of one dataset")
     w0 = train.spec.w0
-    model = InrSegmenter(settings, tokenizer, seed=seed).to(device)
+    convention = train.coordinate_convention
+    model = InrSegmenter(settings, tokenizer, seed=seed, convention=convention).to(device)
     optimiser = torch.optim.AdamW(model.parameter_groups(settings), weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.PolynomialLR(optimiser, total_iters=settings.steps, power=settings.poly_power)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     gen = torch.Generator().manual_seed(seed)
-    batches = _cycle(train, settings.batch_size, seed)
+    batches = _cycle(train, settings.batch_size, seed, settings.loader_workers, device.type == "cuda")
     start = time.time()
     losses: list[float] = []
     model.train()
@@ -315,7 +325,7 @@ def train_segmentation(train_path: str | Path, test_path: str | Path, tokenizer:
                                 "use ratios >= 1 (zoom-out would query the INR outside its domain)")
             ratio = lo + (hi - lo) * torch.rand(target.shape[0], generator=gen)
             offset = (torch.rand(target.shape[0], 2, generator=gen) * 2 - 1) * (1 - 1 / ratio[:, None])
-            params, target = zoom_crop(params, target, ratio.to(device), offset.to(device))
+            params, target = zoom_crop(params, target, ratio.to(device), offset.to(device), convention)
         logits = model(params, w0)
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         loss = criterion(logits, target)

@@ -38,9 +38,10 @@ DISPLAY_NAMES = {"uniform": "ViT (uniform)", "s": "S", "lc": "LC", "lp": "LP", "
                  "lp_reg": "LP+reg"}
 
 
-def pixel_grid(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Pixel-centre coordinates as an image ``[H, W, 2]`` (channel 0 = x, 1 = y), as ``siren.coordinate_grid``."""
-    return siren.coordinate_grid(height, width, device=device).reshape(height, width, 2)
+def pixel_grid(height: int, width: int, device: torch.device | str = "cpu",
+               convention: str = siren.PIXEL_CENTERS) -> torch.Tensor:
+    """Pixel coordinates as an image ``[H, W, 2]`` (channel 0 = x, 1 = y), as ``siren.coordinate_grid``."""
+    return siren.coordinate_grid(height, width, device=device, convention=convention).reshape(height, width, 2)
 
 
 def group_tokens(coords: torch.Tensor, patch: int) -> torch.Tensor:
@@ -74,15 +75,17 @@ def non_close_penalty(tokens: torch.Tensor, alpha: float, eps: float = 1e-12) ->
 class CoordinateTokenizer(nn.Module):
     """Query coordinates of one tokenizer kind; ``forward(params, w0)`` renders the grouped ``[B, 3, H, W]`` input."""
 
-    def __init__(self, kind: str, height: int, width: int, patch: int, seed: int = 0):
+    def __init__(self, kind: str, height: int, width: int, patch: int, seed: int = 0,
+                 convention: str = siren.PIXEL_CENTERS):
         super().__init__()
         if kind not in TOKENIZERS:
             raise ValueError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZERS)}")
         if height % patch or width % patch:
             raise ValueError(f"image size {height}×{width} is not a multiple of the patch size {patch}")
         self.kind, self.height, self.width, self.patch = kind, height, width, patch
+        self.convention = siren.check_convention(convention)  # the INRs' grid: initial coordinates sit on it
         self.alpha = non_close_alpha(height, width)
-        grid = pixel_grid(height, width)
+        grid = pixel_grid(height, width, convention=convention)
         if kind in ("uniform",):
             self.register_buffer("grid", grid)
         elif kind in ("s", "lc"):
@@ -101,7 +104,8 @@ class CoordinateTokenizer(nn.Module):
                 gen = torch.Generator().manual_seed(int(seed))
                 order = torch.randperm(height * width, generator=gen)
                 start = grid.reshape(-1, 2)[order].reshape(height, width, 2)
-            # the pixel grid lies strictly inside (-1, 1), so asin is finite and sin(θ) starts exactly on it
+            # the pixel grid lies inside [-1, 1], so asin is finite and sin(θ) starts exactly on it (linspace grids
+            # put the border at ±1, where sin has zero slope: those coordinates start with no gradient)
             self.theta = nn.Parameter(torch.asin(start))
 
     @property
@@ -150,6 +154,7 @@ def describe(tokenizer: CoordinateTokenizer) -> dict:
         "height": tokenizer.height,
         "width": tokenizer.width,
         "patch": tokenizer.patch,
+        "coordinate_convention": tokenizer.convention,
         "tokens": (tokenizer.height // tokenizer.patch) * (tokenizer.width // tokenizer.patch),
         "alpha": tokenizer.alpha,
         "learnable_params": int(sum(p.numel() for p in tokenizer.parameters() if p.requires_grad)),

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -90,8 +90,8 @@ def build_manifest(dataset_name: str, source_cfg: Mapping[str, Any], shard_size:
             rows.append((len(rows), split, ref.item_id, int(ref.label), ref.source_id, sid))
     classes = {int(k): v for k, v in source.classes().items()}
 
-    manifest_bytes = _csv_bytes(COLUMNS, rows)
-    bad_bytes = _csv_bytes(BAD_COLUMNS, [tuple(b.as_dict()[c] for c in BAD_COLUMNS) for b in bad_items])
+    manifest_bytes = csv_bytes(COLUMNS, rows)
+    bad_bytes = csv_bytes(BAD_COLUMNS, [tuple(b.as_dict()[c] for c in BAD_COLUMNS) for b in bad_items])
     shards_doc = {
         "dataset": dataset_name,
         "format": source.format,
@@ -115,7 +115,7 @@ def build_manifest(dataset_name: str, source_cfg: Mapping[str, Any], shard_size:
                         bad_items=[b.as_dict() for b in bad_items], classes=classes)
 
 
-def _csv_bytes(columns: list[str], rows: list[tuple]) -> bytes:
+def csv_bytes(columns: Sequence[str], rows: Sequence[tuple]) -> bytes:
     """CSV with a fixed dialect (``\\n`` line ends, minimal quoting) so identical rows give identical bytes."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

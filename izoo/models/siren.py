@@ -18,8 +18,17 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: How pixel coordinates are laid out; stored in every archive.
-COORDINATE_CONVENTION = "pixel centres in (-1, 1); channel 0 = x (column, left→right), channel 1 = y (row, top→bottom)"
+PIXEL_CENTERS = "pixel_centers"
+LINSPACE_ENDPOINTS = "linspace_endpoints"
+#: Where pixel (row i, column j) of an H×W image sits; channel 0 = x (column, left→right), 1 = y (row, top→bottom)
+#: in both. The archive attribute ``coordinate_convention`` holds one of these names.
+COORDINATE_CONVENTIONS = {
+    PIXEL_CENTERS: "pixel centres in (-1, 1): x_j = (2j + 1) / W - 1, y_i = (2i + 1) / H - 1",
+    LINSPACE_ENDPOINTS: "linspace(-1, 1, N) including the end points: x_j = 2j / (W - 1) - 1, y_i = 2i / (H - 1) - 1 "
+                        "(the released Implicit-Zoo and fit-a-nef grids)",
+}
+#: the convention izoo fits with; stored in every archive it writes
+COORDINATE_CONVENTION = PIXEL_CENTERS
 
 Params = list[torch.Tensor]  # [w0, b0, w1, b1, ...], each stacked over items (dim 0)
 
@@ -118,12 +127,45 @@ def item_seeds(mode: str, base_seed: int, indices: Sequence[int]) -> list[int]:
     raise ValueError(f"seed mode must be 'shared' or 'per_item' (got {mode!r})")
 
 
-def coordinate_grid(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[H*W, 2]`` pixel-centre coordinates in (-1, 1), row-major, channel 0 = x, 1 = y."""
-    ys = (torch.arange(height, device=device, dtype=torch.float32) * 2 + 1) / height - 1
-    xs = (torch.arange(width, device=device, dtype=torch.float32) * 2 + 1) / width - 1
+def check_convention(convention: str) -> str:
+    """``convention`` if it is a known coordinate convention, else ``ValueError``."""
+    if convention not in COORDINATE_CONVENTIONS:
+        raise ValueError(f"coordinate convention must be one of {sorted(COORDINATE_CONVENTIONS)} (got {convention!r})")
+    return convention
+
+
+def axis_coordinates(n: int, convention: str = PIXEL_CENTERS, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[n]`` coordinates of the pixels along one image axis under ``convention``."""
+    if check_convention(convention) == LINSPACE_ENDPOINTS:
+        return torch.linspace(-1.0, 1.0, n, device=device, dtype=torch.float32)
+    return (torch.arange(n, device=device, dtype=torch.float32) * 2 + 1) / n - 1
+
+
+def coordinate_grid(height: int, width: int, device: torch.device | str = "cpu",
+                    convention: str = PIXEL_CENTERS) -> torch.Tensor:
+    """``[H*W, 2]`` pixel coordinates in [-1, 1] under ``convention``, row-major, channel 0 = x, 1 = y."""
+    ys = axis_coordinates(height, convention, device)
+    xs = axis_coordinates(width, convention, device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
+def change_convention(params: Params, source: str, target: str, height: int, width: int) -> Params:
+    """The same images at ``height``×``width`` decoded on ``target``'s grid instead of ``source``'s (exact).
+
+    Pixel ``j`` sits at ``2j/(W-1) - 1`` (linspace) and at ``(W-1)/W`` times that (pixel centres), so only the
+    first layer's weight columns are rescaled; other resolutions render slightly differently than before.
+    """
+    check_convention(source)
+    if check_convention(target) == source:
+        return list(params)
+    if height < 2 or width < 2:
+        raise ValueError(f"a {height}x{width} grid has no linspace spacing; convert at 2x2 pixels or more")
+    # a pixel-centre coordinate is the linspace coordinate scaled by (n-1)/n along each axis
+    to_centres = torch.tensor([(width - 1) / width, (height - 1) / height], dtype=params[0].dtype,
+                              device=params[0].device)
+    scale = to_centres if source == PIXEL_CENTERS else 1.0 / to_centres
+    return [params[0] * scale] + list(params[1:])
 
 
 def forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Tensor:
@@ -156,9 +198,10 @@ def denormalise_rgb(rgb: torch.Tensor) -> torch.Tensor:
     return rgb * std + mean
 
 
-def render(params: Params, spec: SirenSpec, height: int, width: int, chunk: int = 65536) -> torch.Tensor:
+def render(params: Params, spec: SirenSpec, height: int, width: int, chunk: int = 65536,
+           convention: str = PIXEL_CENTERS) -> torch.Tensor:
     """Render B SIRENs to ``[B, 3, H, W]`` images in [0, 1] at any resolution (chunked over pixels)."""
-    coords = coordinate_grid(height, width, device=params[0].device)
+    coords = coordinate_grid(height, width, device=params[0].device, convention=convention)
     outs = []
     with torch.no_grad():
         for start in range(0, coords.shape[0], chunk):
