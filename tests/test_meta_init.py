@@ -88,6 +88,14 @@ def test_meta_init_is_deterministic_resumable_and_uses_only_train_items(tmp_path
     assert learned_init.read_init_file(tmp_path / "init3.h5", list(first.params)).sha256 != first.sha256
 
 
+def test_meta_init_deadline_saves_state_and_exits_75(tmp_path, capsys):
+    cfg, manifest = _dataset(tmp_path)
+    cfg["meta_init"].update(outer_steps=10**6, checkpoint_every=10**6)
+    assert main(_meta_args(cfg, manifest, tmp_path) + ["--runtime-minutes", "0.02"]) == 75
+    assert "rerun the same command to resume (exit 75)" in capsys.readouterr().err
+    assert (tmp_path / "work/init.h5/state.pt").exists() and not (tmp_path / "init.h5").exists()
+
+
 def test_fit_starts_every_item_from_the_init_and_records_it(tmp_path, capsys):
     cfg, manifest = _dataset(tmp_path)
     assert main(_meta_args(cfg, manifest, tmp_path)) == 0

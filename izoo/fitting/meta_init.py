@@ -265,22 +265,16 @@ def run_meta_init(dataset: str, dataset_cfg: Mapping[str, Any], manifest: pd.Dat
 
 def cmd_meta_init(args: argparse.Namespace) -> int:
     """``izoo meta-init``: parse, run, exit 75 when stopped with the state saved."""
-    from izoo.fitting.commands import parse_dataset_config, read_manifest, sample_loader
-    from izoo.fitting.shard import EXIT_INTERRUPTED, StopControl
+    from izoo.fitting.commands import parse_dataset_config, read_manifest, run_stoppable, sample_loader
+    from izoo.fitting.shard import EXIT_INTERRUPTED
 
     cfg = parse_dataset_config(args.dataset_config)
     manifest = read_manifest(args.manifest)
-    stop = StopControl(args.runtime_minutes).install()
-    try:
-        run_meta_init(args.dataset, cfg, manifest, args.workdir, args.out, load_sample=sample_loader(cfg),
-                      should_stop=stop.should_stop, manifest_path=args.manifest)
-    except engine.FitInterrupted as exc:
-        emit(f"stopped: {stop.reason or exc}; progress kept in {args.workdir}; rerun the same command to resume "
-             f"(exit {EXIT_INTERRUPTED})")
-        return EXIT_INTERRUPTED
-    finally:
-        stop.restore()
-    return 0
+    done = run_stoppable(args.runtime_minutes, args.workdir,
+                         lambda stop: run_meta_init(args.dataset, cfg, manifest, args.workdir, args.out,
+                                                    load_sample=sample_loader(cfg), should_stop=stop.should_stop,
+                                                    manifest_path=args.manifest))
+    return EXIT_INTERRUPTED if done is None else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
