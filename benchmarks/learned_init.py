@@ -39,8 +39,7 @@ from izoo.fitting.phases import phase_settings
 from izoo.models import siren
 
 #: meta-training photos and held-out photos: disjoint sources, so held-out items are unseen scenes
-META_PHOTOS = ("astronaut", "coffee", "rocket", "retina", "immunohistochemistry", "camera", "moon", "gravel",
-               "brick", "cell", "clock", "logo", "page", "text")
+META_PHOTOS = ("astronaut", "coffee", "rocket", "retina", "immunohistochemistry", "camera", "moon", "gravel")
 HELD_OUT_PHOTOS = ("chelsea", "motorcycle", "hubble_deep_field", "coins", "grass")
 CIFAR_FIT = {"iterations": 1000, "lr": 1.0e-3, "lr_min": 1.0e-5, "compile": "off"}   # config.yaml's cifar10 fit
 
@@ -184,10 +183,10 @@ def main() -> None:
     parser.add_argument("--final-iterations", type=int, default=300, help="basic budget of the final-PSNR fits")
     parser.add_argument("--large-size", type=int, default=64)
     parser.add_argument("--large-meta-items", type=int, default=32)
-    parser.add_argument("--large-outer-steps", type=int, default=40)
+    parser.add_argument("--large-outer-steps", type=int, default=30)
     parser.add_argument("--large-inner-steps", type=int, default=4)
     parser.add_argument("--large-meta-batch", type=int, default=4)
-    parser.add_argument("--large-held-out", type=int, default=6)
+    parser.add_argument("--large-held-out", type=int, default=4)
     parser.add_argument("--large-max-steps", type=int, default=400)
     parser.add_argument("--cls-per-class", type=int, default=20, help="demo CIFAR train items per class")
     parser.add_argument("--cls-iterations", type=int, default=60)

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from izoo.archive import layout
@@ -204,3 +205,20 @@ def test_workflow_meta_learns_before_fitting_and_reruns_on_a_changed_init(tmp_pa
     plan = run_snakemake(work, target, "-n", overlays=(TINY_OVERLAY, over))
     out = plan.stdout + plan.stderr
     assert "meta_init" in out and "fit_basic" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("depth,width", [(3, 64), (4, 256), (5, 256)])   # the CIFAR, ImageNet, Cityscapes SIRENs
+def test_every_config_siren_size_meta_learns_and_loads(tmp_path, depth, width):
+    from izoo.fitting.families import SirenFamily
+
+    model = {"family": "siren", "depth": depth, "width": width, "w0": 30.0}
+    family = SirenFamily(model, {"lr": 1e-3, "compile": "off"})
+    settings = meta_init.MetaInitSettings.from_config({"items": 2, "outer_steps": 1, "inner_steps": 1, "meta_batch": 2})
+    images = torch.rand(2, 3, 4, 8)
+    res = meta_init.reptile(images, family, settings, {"lr": 1e-3, "compile": "off"})
+    learned_init.write_init_file(tmp_path / "init.h5", res.params, [0, 1],
+                                 {"dataset": "d", "architecture": family.architecture()})
+    loaded = SirenFamily({**model, "init": "learned", "init_file": str(tmp_path / "init.h5")})
+    start = loaded.init([1, 2, 3])
+    assert start["layer1.weight"].shape == (3, width, width)
+    assert np.array_equal(start["layer0.weight"][2], res.params["layer0.weight"])

@@ -47,8 +47,8 @@ from izoo.models import siren
 #: defaults of a dataset's ``meta_init:`` section (workflow/schemas/config.schema.yaml documents the same)
 DEFAULT_META_INIT: dict[str, Any] = {
     "split": "train",
-    "items": 512,
-    "outer_steps": 500,
+    "items": 256,
+    "outer_steps": 200,
     "inner_steps": 8,
     "meta_batch": 16,
     "outer_lr": 1.0,
