@@ -124,6 +124,13 @@ def test_fit_starts_every_item_from_the_init_and_records_it(tmp_path, capsys):
     arch = izoo.archive.open(archive)
     assert arch.attrs["learned_init"]["sha256"] == init.sha256
     assert np.array_equal(arch.shared_init()[0].numpy(), init.params["layer0.weight"])
+    from izoo.archive.verify import check_structure
+
+    arch.close()
+    assert check_structure(archive, manifest=pd.read_csv(manifest)) == []
+    with h5py.File(archive, "r+") as h5:
+        h5["shared_init/layer2.bias"][0] += 1.0
+    assert "/shared_init does not match the learned_init sha256 attribute" in check_structure(archive)
     with pytest.raises(IzooError, match="another initialisation"):
         merge_split(manifest, "train", [tmp_path / "fit.h5"], tmp_path / "mixed.h5", refined=[tmp_path / "siren.h5"])
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,16 @@ def write_shared_init(h5: h5py.File, params: Mapping[str, np.ndarray]) -> None:
     """Store the shared learned init (per-item shapes) under ``/shared_init``."""
     for name, value in params.items():
         h5.create_dataset(f"{SHARED_INIT}/{name}", data=np.asarray(value, dtype=np.float32))
+
+
+def shared_init_sha256(params: Mapping[str, np.ndarray]) -> str:
+    """Content hash of a shared init: names, shapes and float32 bytes, in the given (layer) order."""
+    digest = hashlib.sha256()
+    for name, value in params.items():
+        array = np.ascontiguousarray(value, dtype=np.float32)
+        digest.update(f"{name}:{list(array.shape)};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def read_shared_init(h5: h5py.File) -> dict[str, np.ndarray] | None:

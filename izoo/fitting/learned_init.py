@@ -23,7 +23,6 @@ changed init refits every batch instead of mixing weights from two inits.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -45,16 +44,6 @@ LEARNED = "learned"
 ARCHITECTURE_KEYS = ("family", "depth", "width", "w0", "in_features", "out_features", "layer_shapes")
 #: split names that are held out by convention (never meta-learned from), whatever the benchmarks say
 HELD_OUT_SPLITS = ("val", "validation", "test")
-
-
-def params_sha256(params: Mapping[str, np.ndarray]) -> str:
-    """Content hash of init weights: names, shapes and float32 bytes, in the given order."""
-    digest = hashlib.sha256()
-    for name, value in params.items():
-        array = np.ascontiguousarray(value, dtype=np.float32)
-        digest.update(f"{name}:{list(array.shape)};".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -103,7 +92,7 @@ def write_init_file(path: str | Path, params: Mapping[str, np.ndarray], meta_ite
     path = Path(path)
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "izoo_version": izoo.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            **dict(attrs), "sha256": params_sha256(params)}
+            **dict(attrs), "sha256": layout.shared_init_sha256(params)}
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             layout.write_shared_init(h5, params)
@@ -133,7 +122,7 @@ def read_init_file(path: str | Path, names: Sequence[str]) -> LearnedInit:
         raise IzooError(f"init file holds parameters {sorted(stored)}, the model has {sorted(names)}", path,
                         "rerun `izoo meta-init` for this dataset's model (the workflow's meta_init rule)")
     params = {name: stored[name] for name in names}
-    if params_sha256(params) != attrs.get("sha256"):
+    if layout.shared_init_sha256(params) != attrs.get("sha256"):
         raise IzooError("learned init file's weights do not match its recorded sha256 (edited or damaged)", path, fix)
     return LearnedInit(path=path, params=params, attrs=attrs, meta_items=meta_items)
 
