@@ -14,6 +14,7 @@ from izoo.errors import IzooError
 COMMAND_MODULES = [
     "izoo.datasets.commands",
     "izoo.fitting.commands",
+    "izoo.fitting.meta_init",
     "izoo.archive.commands",
     "izoo.reports",
     "izoo.nerf.commands",

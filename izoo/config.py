@@ -103,6 +103,7 @@ def _check_cross_fields(config: dict, source: str) -> None:
         if fit["lr_min"] > fit["lr"]:
             raise IzooError(f"datasets.{name}.fit.lr_min ({fit['lr_min']}) is larger than fit.lr ({fit['lr']})", source,
                             "set lr_min below lr (the cosine schedule decays from lr to lr_min)")
+        _check_learned_init(name, ds, config, source)
         if not all(ch.isalnum() or ch in "_-" for ch in name):
             raise IzooError(f"dataset name {name!r} may only hold letters, digits, '_' and '-'", source,
                             "rename the dataset key (it becomes part of file paths)")
@@ -118,6 +119,26 @@ def _check_cross_fields(config: dict, source: str) -> None:
         if bench["enabled"] and not config["datasets"][ds]["enabled"]:
             raise IzooError(f"benchmarks.{name} needs dataset {ds!r}, which is disabled", source,
                             f"enable datasets.{ds} or set benchmarks.{name}.enabled: false")
+
+
+def _check_learned_init(name: str, ds: Mapping[str, Any], config: Mapping[str, Any], source: str) -> None:
+    """``model.init: learned`` needs a SIREN and a meta-init split that no benchmark holds out."""
+    if ds["model"].get("init") != "learned":
+        return
+    from izoo.fitting.learned_init import HELD_OUT_SPLITS  # only then: it imports the fitting package (torch)
+
+    if ds["model"]["family"] != "siren":
+        raise IzooError(f"datasets.{name}.model.init: learned needs family siren (got {ds['model']['family']!r})",
+                        source, "remove model.init for NeRF datasets")
+    split = (ds.get("meta_init") or {}).get("split", "train")
+    held_out = set(HELD_OUT_SPLITS) | {b["test_split"] for b in config.get("benchmarks", {}).values()
+                                       if b["dataset"] == name}
+    if split in held_out:
+        raise IzooError(f"datasets.{name}.meta_init.split is {split!r}, a held-out split", source,
+                        "meta-learn from the train split (held-out items must stay unseen)")
+    if ds["source"].get("splits") and split not in ds["source"]["splits"]:
+        raise IzooError(f"datasets.{name}.meta_init.split {split!r} is not one of source.splits "
+                        f"{ds['source']['splits']}", source, "set meta_init.split to the dataset's train split")
 
 
 def load_config(*paths: str | Path) -> dict:

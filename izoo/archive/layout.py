@@ -18,6 +18,9 @@ path                   shape / dtype               meaning
 ``/items/seconds``     ``[N]`` float32             wall-clock seconds spent fitting the item (its share of its batches)
 ``/items/passed``      ``[N]`` bool                PSNR reached the quality gate
 ``/extras/<name>``     ``[N, ...]``                per-item extras (segmentation ``label_map``, 3D ``cameras``...)
+``/shared_init/<name>`` ``[...]`` float32          only with ``model.init: learned``: the learned init every item
+                                                   started from (per-item shapes, no item axis), so a reader can
+                                                   compute weight deltas; attribute ``learned_init`` describes it
 =====================  ==========================  =====================================================
 
 Root attributes (JSON strings where structured): ``format`` = ``izoo-inr``, ``format_version``,
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +74,8 @@ ITEM_COLUMNS: dict[str, Any] = {
 }
 PHASES = ("basic", "extended", "until_threshold")
 STR_DTYPE = h5py.string_dtype(encoding="utf-8")
+#: group holding the shared learned initialisation (init files, and shard files / archives fitted from one)
+SHARED_INIT = "shared_init"
 
 
 @dataclass
@@ -182,11 +188,35 @@ def write_rows(h5: h5py.File, start: int, params: Mapping[str, np.ndarray], item
         h5[f"extras/{name}"][start:stop] = value
 
 
+def write_shared_init(h5: h5py.File, params: Mapping[str, np.ndarray]) -> None:
+    """Store the shared learned init (per-item shapes) under ``/shared_init``."""
+    for name, value in params.items():
+        h5.create_dataset(f"{SHARED_INIT}/{name}", data=np.asarray(value, dtype=np.float32))
+
+
+def shared_init_sha256(params: Mapping[str, np.ndarray]) -> str:
+    """Content hash of a shared init: names, shapes and float32 bytes, in the given (layer) order."""
+    digest = hashlib.sha256()
+    for name, value in params.items():
+        array = np.ascontiguousarray(value, dtype=np.float32)
+        digest.update(f"{name}:{list(array.shape)};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def read_shared_init(h5: h5py.File) -> dict[str, np.ndarray] | None:
+    """The ``/shared_init`` tensors of an open file, or ``None`` when its items started from a random init."""
+    if SHARED_INIT not in h5:
+        return None
+    return {name: ds[:] for name, ds in h5[SHARED_INIT].items()}
+
+
 def write_inr_file(path: str | Path, params: Mapping[str, np.ndarray], items: pd.DataFrame,
                    attrs: Mapping[str, Any], extras: Mapping[str, np.ndarray] | None = None,
-                   compress: bool = True) -> Path:
-    """Write a complete INR file atomically (temp file, then rename); ``compress=False`` for work files that
-    are read back once (gzip compresses float weights only to ~0.85 and bounds the write speed)."""
+                   shared_init: Mapping[str, np.ndarray] | None = None, compress: bool = True) -> Path:
+    """Write a complete INR file atomically (temp file, then rename); ``shared_init``: the learned init, if any;
+    ``compress=False`` for work files that are read back once (gzip compresses float weights only to ~0.85 and
+    bounds the write speed)."""
     path = Path(path)
     n = len(items)
     for name, value in params.items():
@@ -200,6 +230,8 @@ def write_inr_file(path: str | Path, params: Mapping[str, np.ndarray], items: pd
             create_datasets(h5, {k: tuple(v.shape[1:]) for k, v in params.items()}, n,
                             {k: (tuple(v.shape[1:]), v.dtype) for k, v in (extras or {}).items()}, compress=compress)
             write_rows(h5, 0, params, items, extras)
+            if shared_init is not None:
+                write_shared_init(h5, shared_init)
             h5.attrs.update(encode_attrs(attrs))
     return path
 

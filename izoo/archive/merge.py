@@ -136,6 +136,11 @@ def _check_same_model(ref: _SourceFile, other: _SourceFile) -> None:
         ours, theirs = coordinate_convention_of(ref.attrs, ref.path), coordinate_convention_of(other.attrs, other.path)
         if ours != theirs:
             raise IzooError(f"coordinate_convention differs from {ref.path.name} ({theirs} vs {ours})", other.path, fix)
+    ref_init, other_init = ((f.attrs.get("learned_init") or {}).get("sha256") for f in (ref, other))
+    if ref_init != other_init:
+        raise IzooError(f"was fitted from another initialisation than {ref.path.name} (learned init sha256 "
+                        f"{other_init} vs {ref_init})", other.path,
+                        "refit it from the dataset's current init file (the fit fingerprint includes its hash)")
     if ref.params != other.params:
         raise IzooError(f"parameter shapes differ from {ref.path.name} ({other.params} vs {ref.params})", other.path, fix)
     if ref.extras != other.extras:
@@ -352,6 +357,9 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
                     if progress is not None:
                         progress(stop, n)
                 attrs = _merged_attrs(ref, sources, dataset, split, dict(sorted(phase_counts.items())), virtual, out)
+                shared_init = layout.read_shared_init(files[0])
+                if shared_init is not None:
+                    layout.write_shared_init(h5, shared_init)
                 if virtual:
                     attrs["virtual_sources"] = mapped
                 h5.attrs.update(layout.encode_attrs(attrs))

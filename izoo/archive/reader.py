@@ -11,6 +11,7 @@ API (``izoo.archive.open`` is ``open_archive``)::
                                           #  + one entry per extra ("label_map" [H, W] uint8, ...)
     arch.params_batch([3, 4, 9])          # [w0 [B,out,in], b0 [B,out], ...] on arch.device: izoo.models.siren.forward-ready
     arch.extras("label_map", rows)        # numpy [B, ...]; arch.label_maps(rows) is the segmentation shortcut
+    arch.shared_init()                    # model.init: learned only: [w0, b0, ...] the items started from (else None)
     for batch in arch.loader(batch_size=512, shuffle=True, seed=0):   # dict of batched tensors, as arch[i] batched
         ...
     for batch in arch.dataloader(batch_size=512, shuffle=True, num_workers=4, pin_memory=True):  # torch DataLoader
@@ -267,6 +268,11 @@ class InrArchive(Dataset):
         """Stacked parameters ``[B, ...]`` of the given item rows, in ``param_names`` order, on ``device``."""
         rows = self._rows(indices)
         return [self._tensor(self._read(f"params/{n}", rows)) for n in self.param_names]
+
+    def shared_init(self) -> list[torch.Tensor] | None:
+        """The learned init every item started from (per-item shapes, ``param_names`` order), or ``None``."""
+        stored = layout.read_shared_init(self._file())
+        return None if stored is None else [self._tensor(stored[n]) for n in self.param_names]
 
     def extras(self, name: str, indices: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
         """Per-item extra ``name`` (``label_map``, camera poses, ...) of the given rows (all when None)."""

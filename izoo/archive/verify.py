@@ -122,6 +122,14 @@ def _check_open(h5: h5py.File, path: Path, manifest: pd.DataFrame | str | Path |
         return problems
     problems += virtual_source_problems(h5, path.parent)
 
+    if "learned_init" in attrs:   # items started from a learned init: the stored init must be that init
+        shared = layout.read_shared_init(h5)
+        if shared is None:
+            problems.append("learned_init attribute set but the /shared_init group is missing")
+        elif layout.shared_init_sha256({k: shared[k] for k in sorted(shared, key=param_sort_key)}) != \
+                attrs["learned_init"].get("sha256"):
+            problems.append("/shared_init does not match the learned_init sha256 attribute")
+
     # architecture: the stored layer shapes must be what the spec says
     try:
         spec = spec_from_attrs(attrs)

@@ -47,6 +47,19 @@ def sample_loader(dataset_cfg: Mapping[str, Any]) -> Callable[[Mapping[str, Any]
     return open_source(dataset_cfg["source"]).load
 
 
+def run_stoppable(runtime_minutes: float | None, workdir: str | Path, work: Callable[[StopControl], Any]) -> Any:
+    """``work(stop)`` under SIGTERM/SIGUSR1/deadline handling; ``None`` (after saying so) when it stopped early."""
+    stop = StopControl(runtime_minutes).install()
+    try:
+        return work(stop)
+    except engine.FitInterrupted as exc:
+        emit(f"stopped: {stop.reason or exc}; progress kept in {workdir}; rerun the same command to resume "
+             f"(exit {EXIT_INTERRUPTED})")
+        return None
+    finally:
+        stop.restore()
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit one shard (basic) or one refinement job (extended / until_threshold)."""
     cfg = parse_dataset_config(args.dataset_config)
@@ -66,15 +79,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise IzooError(f"plan is for phase {plan.get('phase')!r}, not {args.phase!r}", args.plan,
                             "pass the plan of the same phase")
         items = refine.job_items(plan, args.job, manifest, args.plan)
-    stop = StopControl(args.runtime_minutes).install()
-    try:
-        out = fit_shard(items, sample_loader(cfg), cfg, args.workdir, args.phase, dataset=args.dataset, stop=stop)
-    except engine.FitInterrupted as exc:
-        emit(f"stopped: {stop.reason or exc}; progress kept in {args.workdir}; rerun the same command to resume "
-             f"(exit {EXIT_INTERRUPTED})")
+    done = run_stoppable(args.runtime_minutes, args.workdir,
+                         lambda stop: fit_shard(items, sample_loader(cfg), cfg, args.workdir, args.phase,
+                                                dataset=args.dataset, stop=stop))
+    if done is None:
         return EXIT_INTERRUPTED
-    finally:
-        stop.restore()
+    out = done
     out.write(args.out_weights, args.out_report)
     n_pass = int(out.report["passed"].sum())
     emit(f"done: {len(out.report)} items, {n_pass} passed the {out.attrs['gate_psnr']:g} dB gate, "

@@ -42,7 +42,7 @@ import torch
 
 from izoo.atomic import atomic_path
 from izoo.errors import IzooError
-from izoo.fitting import engine
+from izoo.fitting import engine, learned_init
 from izoo.fitting.phases import PhaseSettings, fit_config
 from izoo.fitting.progress import emit
 from izoo.models import siren
@@ -146,12 +146,20 @@ class SirenFamily:
 
     def __init__(self, model_cfg: Mapping[str, Any], fit_cfg: Mapping[str, Any] | None = None):
         cfg = dict(model_cfg)
+        init = str(cfg.get("init", "siren"))
         try:
+            # a learned init was meta-learned from the SIREN init; items start from the init file instead
             self.spec = siren.SirenSpec(depth=int(cfg.get("depth", 3)), width=int(cfg.get("width", 64)),
-                                        w0=float(cfg.get("w0", 30.0)), init=str(cfg.get("init", "siren")))
+                                        w0=float(cfg.get("w0", 30.0)),
+                                        init="siren" if init == learned_init.LEARNED else init)
         except ValueError as exc:
             raise IzooError(f"bad model config: {exc}", "config.yaml", "fix the dataset's model: section") from exc
         self.fit_cfg = fit_config(fit_cfg)
+        self.learned_init: learned_init.LearnedInit | None = None
+        init_file = learned_init.init_file_of(cfg)
+        if init_file is not None:
+            self.learned_init = learned_init.read_init_file(init_file, self.param_names())
+            self.learned_init.check_architecture(self.architecture())
 
     # ----- description
     def param_names(self) -> list[str]:
@@ -171,10 +179,13 @@ class SirenFamily:
         """Normalisation and coordinate convention of the fitted images."""
         return {"normalisation": {"mean": list(siren.IMAGENET_MEAN), "std": list(siren.IMAGENET_STD),
                                   "psnr": "PSNR on de-normalised [0,1] pixels (prediction clamped to [0, 1])"},
-                "coordinate_convention": siren.COORDINATE_CONVENTION}
+                "coordinate_convention": siren.COORDINATE_CONVENTION,
+                **({"learned_init": self.learned_init.summary()} if self.learned_init is not None else {})}
 
     def init(self, seeds: Sequence[int]) -> dict[str, np.ndarray]:
-        """SIREN initialisation of every item from its seed."""
+        """SIREN initialisation of every item from its seed, or the learned init for every item."""
+        if self.learned_init is not None:
+            return self.learned_init.broadcast(len(seeds))
         params = siren.init_params(self.spec, seeds)
         return {k: p.numpy() for k, p in zip(self.param_names(), params)}
 

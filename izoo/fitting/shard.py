@@ -35,7 +35,7 @@ import torch
 
 from izoo.archive import layout
 from izoo.errors import IzooError
-from izoo.fitting import engine
+from izoo.fitting import engine, learned_init
 from izoo.fitting.families import BatchCheckpoint, BatchFit, default_device, finite_params, get_family
 from izoo.fitting.phases import PHASES, fit_config, phase_settings
 from izoo.fitting.progress import ProgressMeter, emit
@@ -96,10 +96,11 @@ class ShardOutput:
     extras: dict[str, np.ndarray]
     attrs: dict[str, Any]
     report: pd.DataFrame
+    shared_init: dict[str, np.ndarray] | None = None   # the learned init the items started from, if any
 
     def write(self, weights_path: str | Path, report_path: str | Path) -> None:
         """Write the weights file and the report CSV, each atomically."""
-        layout.write_inr_file(weights_path, self.params, self.items, self.attrs, self.extras)
+        layout.write_inr_file(weights_path, self.params, self.items, self.attrs, self.extras, self.shared_init)
         write_report(self.report, report_path)
 
 
@@ -119,7 +120,8 @@ def fingerprint(dataset_cfg: Mapping[str, Any], phase: str, items: pd.DataFrame)
            if k not in ("device", "tf32", "compile", "checkpoint_every", "batch_size")}
     payload = {"model": dataset_cfg.get("model", {}), "seed": dataset_cfg.get("seed", {}), "fit": fit,
                "phase": phase, "index": [int(i) for i in items["index"]],
-               "init": [str(p) for p in items["init"]] if "init" in items else []}
+               "init": [str(p) for p in items["init"]] if "init" in items else [],
+               "learned_init": learned_init.init_file_sha256(dataset_cfg.get("model") or {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -208,6 +210,8 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
     fit_cfg = fit_config(dataset_cfg.get("fit"))
     model_cfg = dict(dataset_cfg.get("model") or {"family": "siren"})
     family = get_family(str(model_cfg.get("family", "siren")))(model_cfg, fit_cfg)
+    if getattr(family, "learned_init", None) is not None:
+        family.learned_init.check_dataset(dataset)
     settings = phase_settings(fit_cfg, phase)
     seed_cfg = dict(dataset_cfg.get("seed") or {})
     seed_mode, seed_base = str(seed_cfg.get("mode", "shared")), int(seed_cfg.get("value", 42))
@@ -356,4 +360,6 @@ def _assemble(items: pd.DataFrame, batch_files: list[layout.InrFile], family: An
         "psnr_after": table["psnr"].to_numpy(dtype=np.float64), "iterations": iters, "seconds": secs,
         "passed": table["passed"].to_numpy(dtype=bool)})
     attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, items, recipe)
-    return ShardOutput(params=params, items=table, extras=extras, attrs=attrs, report=report)
+    shared = getattr(family, "learned_init", None)
+    return ShardOutput(params=params, items=table, extras=extras, attrs=attrs, report=report,
+                       shared_init=shared.params if shared is not None else None)

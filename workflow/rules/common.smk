@@ -39,9 +39,32 @@ def ds_json(ds):
 
 
 def fit_json(ds):
-    """Only the settings that define a fitted INR (source, model, seed, fit)."""
+    """Only the settings that define a fitted INR (source, model, seed, fit; meta_init and the init file if learned)."""
     section = {k: v for k, v in ds_cfg(ds).items() if k not in _NOT_FIT_KEYS}
+    if is_learned(ds):
+        section["model"] = {**section["model"], "init_file": learned_init_file(ds)}
+    else:
+        section.pop("meta_init", None)
     return json.dumps(section, sort_keys=True, separators=(",", ":"))
+
+
+def is_learned(ds):
+    return ds_cfg(ds)["model"].get("init") == "learned"
+
+
+def learned_init_file(ds):
+    """The init file every item of ``ds`` starts from: model.init_file if given, else the meta_init rule's output."""
+    return ds_cfg(ds)["model"].get("init_file") or f"{R}/{ds}/meta_init/init.h5"
+
+
+def learned_init_inputs(wildcards):
+    return [learned_init_file(wildcards.ds)] if is_learned(wildcards.ds) else []
+
+
+def meta_init_benchmarks(ds):
+    """The meta_init job's timing, counted in the dataset's device-hours (none with a ready model.init_file)."""
+    made_here = is_learned(ds) and not ds_cfg(ds)["model"].get("init_file")
+    return [f"{L}/{ds}/meta_init.benchmark.tsv"] if made_here else []
 
 
 def is_nerf(ds):

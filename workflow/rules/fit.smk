@@ -6,9 +6,31 @@
 # declared outputs are written only at the end (Snakemake deletes a failed job's outputs).
 
 
+rule meta_init:
+    """model.init: learned — one shared SIREN init meta-learned from a subset of the train split (one GPU job)."""
+    input:
+        manifest=f"{R}/{{ds}}/manifest.csv",
+    output:
+        f"{R}/{{ds}}/meta_init/init.h5",
+    params:
+        cfg=lambda w: fit_json(w.ds),
+        workdir=lambda w: f"{W}/{w.ds}/meta_init",
+        runtime=runtime_arg,
+    log:
+        f"{L}/{{ds}}/meta_init.log",
+    benchmark:
+        f"{L}/{{ds}}/meta_init.benchmark.tsv"
+    conda:
+        "../../envs/izoo.yaml"
+    shell:
+        "izoo meta-init --dataset {wildcards.ds} --dataset-config {params.cfg:q} --manifest {input.manifest}"
+        " --workdir {params.workdir} --out {output} {params.runtime} >> {log} 2>&1"
+
+
 rule fit_basic:
     input:
         manifest=f"{R}/{{ds}}/manifest.csv",
+        init=learned_init_inputs,
     output:
         h5=f"{R}/{{ds}}/fit/basic/{{shard}}.h5",
         csv=f"{R}/{{ds}}/fit/basic/{{shard}}.csv",
@@ -57,6 +79,7 @@ for _phase in REFINE_PHASES:
             manifest=f"{R}/{{ds}}/manifest.csv",
             checkpoints=lambda w, phase=_phase: checkpoint_files(w, upto=phase),
             init=lambda w, phase=_phase: refine_init_files(w.ds, phase, w.job),
+            learned_init=learned_init_inputs,
         output:
             h5=f"{R}/{{ds}}/fit/{_phase}/{{job}}.h5",
             csv=f"{R}/{{ds}}/fit/{_phase}/{{job}}.csv",

@@ -18,7 +18,8 @@ rule report:
             f"{L}/{w.ds}/fit_{p}/{j}.benchmark.tsv"
             for p in REFINE_PHASES
             for j in refine_plan(w.ds, p)["jobs"]
-        ],
+        ]
+        + meta_init_benchmarks(w.ds),
     output:
         summary=f"{R}/{{ds}}/reports/summary.json",
         item_table=f"{R}/{{ds}}/reports/items.csv",

@@ -1,0 +1,231 @@
+"""Learned shared init: ``izoo meta-init`` (Reptile, resumable, deterministic) and fitting from its file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from izoo.archive import layout
+from izoo.archive.merge import merge_split
+from izoo.cli import main
+from izoo.config import load_config
+from izoo.errors import IzooError
+from izoo.fitting import engine, learned_init, meta_init
+from izoo.fitting.commands import sample_loader
+from izoo.fitting.shard import fingerprint
+
+REPO = Path(__file__).resolve().parent.parent
+META = {"items": 4, "outer_steps": 4, "inner_steps": 3, "meta_batch": 2, "checkpoint_every": 1}
+
+
+def _dataset(tmp_path: Path, n: int = 6) -> tuple[dict, Path]:
+    """A folder dataset of ``n`` smooth 6×6 PNGs (train split and two test items), config and manifest."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        split = "test" if i >= n - 2 else "train"
+        path = tmp_path / "src" / split / "a" / f"img{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ramp = np.linspace(0, 255, 6)[None, :, None] * rng.uniform(0.3, 1.0, (1, 1, 3))
+        Image.fromarray(np.broadcast_to(ramp, (6, 6, 3)).astype(np.uint8)).save(path)
+        rows.append({"index": i, "split": split, "item_id": f"{split}/a/img{i}", "label": 0,
+                     "source_id": f"{split}/a/img{i}.png", "shard": f"{split}-00000"})
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    cfg = {"source": {"format": "folder", "root": str(tmp_path / "src"), "splits": ["train", "test"]},
+           "model": {"family": "siren", "depth": 3, "width": 8, "w0": 30, "init": "learned",
+                     "init_file": str(tmp_path / "init.h5")},
+           "seed": {"mode": "shared", "value": 42}, "meta_init": dict(META),
+           "fit": {"batch_size": 4, "iterations": 10, "lr": 1e-2, "lr_min": 1e-4, "gate_psnr": 60.0,
+                   "check_every": 5, "device": "cpu", "compile": "off"}}
+    return cfg, manifest
+
+
+def _meta_args(cfg: dict, manifest: Path, tmp_path: Path, out: str = "init.h5", dataset: str = "demo") -> list[str]:
+    return ["meta-init", "--dataset", dataset, "--dataset-config", json.dumps(cfg), "--manifest", str(manifest),
+            "--workdir", str(tmp_path / "work" / out), "--out", str(tmp_path / out)]
+
+
+def _fit_args(cfg: dict, manifest: Path, tmp_path: Path, name: str = "fit", dataset: str = "demo") -> list[str]:
+    return ["fit", "--dataset", dataset, "--dataset-config", json.dumps(cfg), "--manifest", str(manifest),
+            "--phase", "basic", "--shard", "train-00000", "--workdir", str(tmp_path / "work" / name),
+            "--out-weights", str(tmp_path / f"{name}.h5"), "--out-report", str(tmp_path / f"{name}.csv")]
+
+
+def test_meta_init_is_deterministic_resumable_and_uses_only_train_items(tmp_path, capsys):
+    cfg, manifest = _dataset(tmp_path)
+    assert main(_meta_args(cfg, manifest, tmp_path)) == 0
+    err = capsys.readouterr().err
+    assert "meta-init outer step 4/4" in err and "done: learned init of demo" in err
+    first = learned_init.read_init_file(tmp_path / "init.h5", [f"layer{i}.{k}" for i in range(3) for k in ("weight", "bias")])
+    assert first.attrs["dataset"] == "demo" and first.attrs["meta_init"]["outer_steps"] == 4
+    assert first.meta_items.tolist() == [0, 1, 2, 3]          # the train split only, never the test items 4, 5
+    assert first.params["layer1.weight"].shape == (8, 8)
+
+    # interrupted after two outer steps (state saved), then resumed: the same init as the uninterrupted run
+    calls = iter([False, False, True])
+    loader = sample_loader(cfg)
+    table = pd.read_csv(manifest)
+    with pytest.raises(engine.FitInterrupted):
+        meta_init.run_meta_init("demo", cfg, table, tmp_path / "work2", tmp_path / "init2.h5", load_sample=loader,
+                                should_stop=lambda: next(calls))
+    assert (tmp_path / "work2" / "state.pt").exists() and not (tmp_path / "init2.h5").exists()
+    meta_init.run_meta_init("demo", cfg, table, tmp_path / "work2", tmp_path / "init2.h5", load_sample=loader)
+    assert "meta-init resumed at outer step 2/4" in capsys.readouterr().err
+    second = learned_init.read_init_file(tmp_path / "init2.h5", list(first.params))
+    assert second.sha256 == first.sha256
+
+    # other settings: the saved state is not reused, and the init differs
+    cfg["meta_init"]["outer_lr"] = 0.5
+    meta_init.run_meta_init("demo", cfg, table, tmp_path / "work2", tmp_path / "init3.h5", load_sample=loader)
+    assert "made with other settings" in capsys.readouterr().err
+    assert learned_init.read_init_file(tmp_path / "init3.h5", list(first.params)).sha256 != first.sha256
+
+
+def test_meta_init_deadline_saves_state_and_exits_75(tmp_path, capsys):
+    cfg, manifest = _dataset(tmp_path)
+    cfg["meta_init"].update(outer_steps=10**6, checkpoint_every=10**6)
+    assert main(_meta_args(cfg, manifest, tmp_path) + ["--runtime-minutes", "0.02"]) == 75
+    assert "rerun the same command to resume (exit 75)" in capsys.readouterr().err
+    assert (tmp_path / "work/init.h5/state.pt").exists() and not (tmp_path / "init.h5").exists()
+
+
+def test_fit_starts_every_item_from_the_init_and_records_it(tmp_path, capsys):
+    cfg, manifest = _dataset(tmp_path)
+    assert main(_meta_args(cfg, manifest, tmp_path)) == 0
+    init = learned_init.read_init_file(tmp_path / "init.h5", [f"layer{i}.{k}" for i in range(3) for k in ("weight", "bias")])
+    assert main(_fit_args(cfg, manifest, tmp_path)) == 0
+    fitted = layout.read_inr_file(tmp_path / "fit.h5")
+    assert fitted.attrs["learned_init"]["sha256"] == init.sha256
+    with h5py.File(tmp_path / "fit.h5", "r") as h5:
+        stored = layout.read_shared_init(h5)
+    assert all(np.array_equal(stored[k], init.params[k]) for k in init.params)
+
+    siren_cfg = {**cfg, "model": {**cfg["model"], "init": "siren"}}
+    siren_cfg["model"].pop("init_file")
+    assert main(_fit_args(siren_cfg, manifest, tmp_path, name="siren")) == 0
+    learned_before = pd.read_csv(tmp_path / "fit.csv")["psnr_before"]
+    siren_before = pd.read_csv(tmp_path / "siren.csv")["psnr_before"]
+    assert not np.allclose(learned_before, siren_before)      # the items really started elsewhere
+    with h5py.File(tmp_path / "siren.h5", "r") as h5:
+        assert layout.read_shared_init(h5) is None
+
+    # the archive keeps the init and its hash; shard files from two inits are never merged silently
+    archive = merge_split(manifest, "train", [tmp_path / "fit.h5"], tmp_path / "train.h5").path
+    import izoo.archive
+
+    arch = izoo.archive.open(archive)
+    assert arch.attrs["learned_init"]["sha256"] == init.sha256
+    assert np.array_equal(arch.shared_init()[0].numpy(), init.params["layer0.weight"])
+    from izoo.archive.verify import check_structure
+
+    arch.close()
+    assert check_structure(archive, manifest=pd.read_csv(manifest)) == []
+    with h5py.File(archive, "r+") as h5:
+        h5["shared_init/layer2.bias"][0] += 1.0
+    assert "/shared_init does not match the learned_init sha256 attribute" in check_structure(archive)
+    with pytest.raises(IzooError, match="another initialisation"):
+        merge_split(manifest, "train", [tmp_path / "fit.h5"], tmp_path / "mixed.h5", refined=[tmp_path / "siren.h5"])
+
+
+def test_changed_init_refits_through_the_fingerprint(tmp_path, capsys):
+    cfg, manifest = _dataset(tmp_path)
+    assert main(_meta_args(cfg, manifest, tmp_path)) == 0
+    items = pd.read_csv(manifest).iloc[:4]
+    before = fingerprint(cfg, "basic", items)
+    assert main(_fit_args(cfg, manifest, tmp_path)) == 0
+    cfg["meta_init"]["outer_steps"] = 2
+    assert main(_meta_args(cfg, manifest, tmp_path)) == 0      # rewrites init.h5 with other weights
+    assert fingerprint(cfg, "basic", items) != before
+    capsys.readouterr()
+    assert main(_fit_args(cfg, manifest, tmp_path)) == 0
+    assert "cannot be reused (it was made with other settings or items); refitting" in capsys.readouterr().err
+
+
+def test_missing_or_mismatched_init_file_is_a_one_line_error(tmp_path, capsys):
+    cfg, manifest = _dataset(tmp_path)
+    assert main(_fit_args(cfg, manifest, tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path / 'init.h5'}: learned init file is missing" in err
+
+    assert main(_meta_args(cfg, manifest, tmp_path)) == 0
+    wider = {**cfg, "model": {**cfg["model"], "width": 16}}
+    assert main(_fit_args(wider, manifest, tmp_path, name="wide")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "init.h5: init file was learned for another model" in err and "width" in err
+
+    assert main(_fit_args(cfg, manifest, tmp_path, name="other", dataset="other")) == 2
+    assert "init.h5: init file was learned on dataset 'demo', not 'other'" in capsys.readouterr().err
+
+    with h5py.File(tmp_path / "init.h5", "r+") as h5:
+        h5["shared_init/layer0.bias"][0] += 1.0
+    assert main(_fit_args(cfg, manifest, tmp_path, name="edited")) == 2
+    assert "do not match its recorded sha256" in capsys.readouterr().err
+
+    no_file = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k != "init_file"}}
+    assert main(_fit_args(no_file, manifest, tmp_path, name="nofile")) == 2
+    assert "model.init_file is not set" in capsys.readouterr().err
+
+
+def test_config_refuses_meta_learning_from_a_held_out_split(tmp_path):
+    over = tmp_path / "over.yaml"
+    over.write_text("datasets:\n  demo_cifar10:\n    model: {family: siren, init: learned}\n"
+                    "    meta_init: {split: test}\n")
+    with pytest.raises(IzooError, match="meta_init.split is 'test', a held-out split"):
+        load_config(REPO / "config.yaml", REPO / "config/demo.yaml", over)
+    over.write_text("datasets:\n  demo_scenes:\n    model: {family: nerf, init: learned}\n")
+    with pytest.raises(IzooError, match="needs family siren"):
+        load_config(REPO / "config.yaml", REPO / "config/demo.yaml", over)
+    with pytest.raises(IzooError, match="unknown meta_init settings"):
+        meta_init.MetaInitSettings.from_config({"steps": 3})
+
+
+@pytest.mark.workflow
+def test_workflow_meta_learns_before_fitting_and_reruns_on_a_changed_init(tmp_path):
+    from workflow_helpers import TINY_OVERLAY, copy_workflow, run_snakemake
+
+    work = copy_workflow(tmp_path / "wf")
+    over = work / "learned.yaml"
+    learned = ("datasets:\n  demo_cifar10:\n    model: {family: siren, depth: 3, width: 64, w0: 30.0, init: learned}\n"
+               "    meta_init: {items: 8, outer_steps: %d, inner_steps: 2, meta_batch: 4}\n")
+    over.write_text(learned % 3)
+    target = "results/demo_cifar10/fit/basic/train-00000.h5"    # one shard: the init is made first
+    run_snakemake(work, target, overlays=(TINY_OVERLAY, over))
+    init_file = work / "results/demo_cifar10/meta_init/init.h5"
+    init = learned_init.read_init_file(init_file, [f"layer{i}.{k}" for i in range(3) for k in ("weight", "bias")])
+    assert "meta-init outer step 3/3" in (work / "logs/demo_cifar10/meta_init.log").read_text()
+    manifest = pd.read_csv(work / "results/demo_cifar10/manifest.csv")
+    assert set(manifest.loc[manifest["index"].isin(init.meta_items), "split"]) == {"train"}
+    with h5py.File(work / target, "r") as h5:
+        assert np.array_equal(layout.read_shared_init(h5)["layer1.weight"], init.params["layer1.weight"])
+        assert layout.decode_attrs(h5.attrs)["learned_init"]["sha256"] == init.sha256
+
+    # other meta_init settings → a new init → the fit job reruns (dry run lists both)
+    over.write_text(learned % 4)
+    plan = run_snakemake(work, target, "-n", overlays=(TINY_OVERLAY, over))
+    out = plan.stdout + plan.stderr
+    assert "meta_init" in out and "fit_basic" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("depth,width", [(3, 64), (4, 256), (5, 256)])   # the CIFAR, ImageNet, Cityscapes SIRENs
+def test_every_config_siren_size_meta_learns_and_loads(tmp_path, depth, width):
+    from izoo.fitting.families import SirenFamily
+
+    model = {"family": "siren", "depth": depth, "width": width, "w0": 30.0}
+    family = SirenFamily(model, {"lr": 1e-3, "compile": "off"})
+    settings = meta_init.MetaInitSettings.from_config({"items": 2, "outer_steps": 1, "inner_steps": 1, "meta_batch": 2})
+    images = torch.rand(2, 3, 4, 8)
+    res = meta_init.reptile(images, family, settings, {"lr": 1e-3, "compile": "off"})
+    learned_init.write_init_file(tmp_path / "init.h5", res.params, [0, 1],
+                                 {"dataset": "d", "architecture": family.architecture()})
+    loaded = SirenFamily({**model, "init": "learned", "init_file": str(tmp_path / "init.h5")})
+    start = loaded.init([1, 2, 3])
+    assert start["layer1.weight"].shape == (3, width, width)
+    assert np.array_equal(start["layer0.weight"][2], res.params["layer0.weight"])
