@@ -97,6 +97,17 @@ class Suite:
         reps = math.ceil(n / unique)
         return self._images[:unique].repeat(reps, 1, 1, 1)[:n].contiguous()
 
+    def timed_fit(self, images: torch.Tensor, spec: siren.SirenSpec, settings: Any, use_compile: bool,
+                  **kwargs: Any) -> tuple[engine.FitResult, float]:
+        """``engine.fit_images`` after a 2-step warm-up of the same spec (compiles it), and its seconds."""
+        engine.fit_images(images[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4,
+                          device=self.device, use_compile=use_compile)
+        sync(self.device)
+        t0 = time.perf_counter()
+        res = engine.fit_images(images, spec, settings, device=self.device, use_compile=use_compile, **kwargs)
+        sync(self.device)
+        return res, time.perf_counter() - t0
+
     # ----- parts
     def part_cifar(self) -> None:
         steps = 10 if self.quick else 1000
@@ -120,14 +131,7 @@ class Suite:
                 continue
             if self.device.type == "cuda":
                 torch.backends.cuda.matmul.allow_tf32 = tf32
-            engine.fit_images(images[:4], CIFAR, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4,
-                              device=self.device, use_compile=use_compile)          # warm-up / compile
-            sync(self.device)
-            t0 = time.perf_counter()
-            res = engine.fit_images(images[:batch], CIFAR, settings, seeds=[42] * batch, device=self.device,
-                                    use_compile=use_compile)
-            sync(self.device)
-            secs = time.perf_counter() - t0
+            res, secs = self.timed_fit(images[:batch], CIFAR, settings, use_compile, seeds=[42] * batch)
             rate = batch / secs
             last_rate = rate
             gflops = batch * steps * flops_item_step / secs / 1e9
@@ -146,14 +150,7 @@ class Suite:
         images = self.cifar_images(n)
         spec = siren.SirenSpec(depth=3, width=64, w0=30.0, init=RECIPES["gate"]["model"]["init"])
         settings = phase_settings({**RECIPES["gate"]["fit"], "iterations": 1000, "gate_psnr": gate}, "basic")
-        engine.fit_images(images[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4,
-                          device=self.device, use_compile=self.compile)
-        sync(self.device)
-        t0 = time.perf_counter()
-        res = engine.fit_images(images, spec, settings, seeds=[42] * n, device=self.device, use_compile=self.compile,
-                                slots=slots)
-        sync(self.device)
-        secs = time.perf_counter() - t0
+        res, secs = self.timed_fit(images, spec, settings, self.compile, seeds=[42] * n, slots=slots)
         say(f"{n} items to the {gate:g} dB gate through {slots} slots: {secs:.1f} s, {n / secs:.1f} items/s, "
             f"steps mean {res.iterations.mean():.1f} p90 {np.percentile(res.iterations, 90):.0f}, "
             f"min PSNR {res.psnr.min():.2f} dB, {int(res.passed.sum())}/{n} passed")
@@ -289,13 +286,7 @@ class Suite:
         pred01 = np.clip(pred * np.array(siren.IMAGENET_STD) + np.array(siren.IMAGENET_MEAN), 0, 1)
         truth = images.reshape(batch, 3, -1).transpose(1, 2).numpy()
         jax_psnr = -10 * np.log10(((pred01 - truth) ** 2).mean(axis=(1, 2)))
-        engine.fit_images(images[:4], CIFAR, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4,
-                          device=self.device, use_compile=self.compile)
-        sync(self.device)
-        t0 = time.perf_counter()
-        res = engine.fit_images(images, CIFAR, settings, init=init, device=self.device, use_compile=self.compile)
-        sync(self.device)
-        izoo_s = time.perf_counter() - t0
+        res, izoo_s = self.timed_fit(images, CIFAR, settings, self.compile, init=init)
         say(f"JAX vmap ({kind}, {jax.devices()[0].platform}): {batch / jax_s:.1f} images/s, mean PSNR "
             f"{jax_psnr.mean():.2f} dB; izoo: {batch / izoo_s:.1f} images/s, mean PSNR {res.psnr.mean():.2f} dB; "
             f"izoo/JAX = {jax_s / izoo_s:.2f}x")
