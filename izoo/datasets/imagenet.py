@@ -4,6 +4,7 @@ class subsets such as ImageNet-100."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -11,11 +12,12 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from izoo.datasets.base import (NO_LABEL, BadItem, ItemRef, Sample, SourceDataset, check_image_file, open_image, sorted_dirs,
-                                sorted_images, to_float_image)
+                                sorted_image_names, to_float_image)
 from izoo.errors import IzooError
 
 EXPECTED = ("the ILSVRC folder layout: <root>/<split>/<wnid>/*.JPEG (validation images sorted into wnid folders), "
             "unlabelled splits flat: <root>/test/*.JPEG")
+_SUFFIXES = (".jpeg", ".jpg", ".png")
 #: splits that ILSVRC ships as one flat folder without labels (the 100,000 test images); their items get label -1
 DEFAULT_UNLABELLED_SPLITS = ("test",)
 
@@ -88,19 +90,19 @@ class ImageNetSource(SourceDataset):
 
     def _list(self, split: str) -> Iterable[ItemRef | BadItem]:
         split_dir = self._split_dir(split)
-        loose = sorted_images(split_dir, (".jpeg", ".jpg", ".png"))
+        loose = sorted_image_names(split_dir, _SUFFIXES)
         if split in self.unlabelled:
             folders = sorted_dirs(split_dir)
             if folders and not loose:
                 raise IzooError(f"unlabelled split {split!r} holds class folders (e.g. {folders[0].name}/), "
                                 "not a flat folder of images", split_dir,
                                 f"remove {split!r} from source.unlabelled_splits, or flatten the folder")
-            for path in loose:
-                yield ItemRef(path.stem, split, NO_LABEL, f"{split}/{path.name}")
+            for name in loose:
+                yield ItemRef(os.path.splitext(name)[0], split, NO_LABEL, f"{split}/{name}")
             return
         if loose:
             raise IzooError(f"{len(loose)} images lie directly in {split}/ instead of <wnid>/ folders "
-                            f"(e.g. {loose[0].name})", split_dir,
+                            f"(e.g. {loose[0]})", split_dir,
                             "sort the validation images into wnid folders (the ILSVRC2012 valprep.sh script does)")
         present = {d.name for d in sorted_dirs(split_dir)}
         if self.cfg.get("class_list") is None:
@@ -113,8 +115,9 @@ class ImageNetSource(SourceDataset):
             raise IzooError(f"{len(missing)} class folders missing (e.g. {missing[0]})", split_dir,
                             "check source.class_list against the folders on disk")
         for wnid in self.wnids:
-            for path in sorted_images(split_dir / wnid):
-                yield ItemRef(path.stem, split, self._label[wnid], f"{split}/{wnid}/{path.name}")
+            label = self._label[wnid]
+            for name in sorted_image_names(split_dir / wnid):
+                yield ItemRef(os.path.splitext(name)[0], split, label, f"{split}/{wnid}/{name}")
 
     def _check(self, ref: ItemRef, full: bool) -> None:
         check_image_file(self.root / ref.source_id, full)
