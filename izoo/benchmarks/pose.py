@@ -20,7 +20,12 @@ or the scene's stored held-out poses) of training scenes, *unseen* evaluation = 
 Metrics: translation error = L2 distance of camera centres (scene units × 100, "cm" when a unit is a metre;
 ``te_cam`` = the same for the world-to-camera translation),
 rotation error = geodesic angle of ``R_predᵀ R_gt`` in degrees, RE@5/15/30 = % of views under each threshold;
-optionally after iNeRF-style refinement (``izoo.benchmarks.pose_refine``).
+optionally after iNeRF-style refinement (``izoo.benchmarks.pose_refine``). Every result also carries a
+``reference``: the errors of one constant pose (chosen on the training poses, ``constant_pose``) predicted for
+every evaluation view, which is what a regressor that learned nothing scores.
+
+Variants (the paper's Table 5 columns, ``izoo.benchmarks.variants``): ``plain``, ``pretrain`` (MAE pre-trained
+volume encoder, "+Pre"), and each refined ("+Ref"); the table gives every variant its own row.
 """
 
 from __future__ import annotations
@@ -175,6 +180,10 @@ class PoseSettings:
     rotation_weight: float = 1.0
     translation_weight: float = 1.0
     reg_weight: float = 1.0
+    # how the regressor sees colour (the paper does not say): "ink" = 1 − RGB for views (white background → 0)
+    # and (1 − RGB) · occupancy for volume points; off = raw RGB and occupancy. At demo scale ink leaves the
+    # constant-pose plateau within a few hundred steps where raw inputs do not (benchmarks/RESULTS.md)
+    ink: bool = True
     pretrain: bool = False
     mae_epochs: int = 100
     mae_mask_ratio: float = 0.8
@@ -218,12 +227,14 @@ class VolumeTokenizer(nn.Module):
     ``uniform``: the cell-centre grid of ``[-bound, bound]³`` (what ``izoo.nerf.query_grid`` samples); ``lc``: per
     volume a learnable centre and scale ``1 + tanh(ρ)``; ``lp`` / ``lp_reg``: every point learnable as
     ``bound · sin(θ)`` (``lp_reg`` adds the non-close penalty, α = bound-scaled min cell size), as the 2D tokenizers.
-    Values are RGB and occupancy ``1 − exp(−σ δ)`` (δ = cell size), which keeps densities in [0, 1).
+    Values are RGB and occupancy ``1 − exp(−σ δ)`` (δ = cell size), which keeps densities in [0, 1); with ``ink``
+    the colour is ``(1 − RGB) · occupancy`` instead, 0 in empty space whatever colour the NeRF gives it there.
     """
 
-    def __init__(self, kind: str, resolution: int, volume_size: int, bound: float, dim: int):
+    def __init__(self, kind: str, resolution: int, volume_size: int, bound: float, dim: int, ink: bool = False):
         super().__init__()
         self.kind, self.resolution, self.volume_size, self.bound = kind, resolution, volume_size, bound
+        self.ink = ink
         n_side, p = resolution // volume_size, volume_size
         self.n_tokens = n_side ** 3
         axis = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution * 2 * bound - bound
@@ -270,8 +281,9 @@ class VolumeTokenizer(nn.Module):
         flat = pts.reshape(1, -1, 3).expand(batch, -1, 3)
         dirs = torch.tensor((0.0, 0.0, -1.0), device=flat.device).expand_as(flat)  # query_grid's fixed direction
         rgb, sigma = query(nerf, flat, dirs, spec)
-        occupancy = 1.0 - torch.exp(-sigma * self.cell)
-        return torch.cat([rgb, occupancy.unsqueeze(-1)], dim=-1).reshape(batch, *pts.shape[:2], 4)
+        occupancy = (1.0 - torch.exp(-sigma * self.cell)).unsqueeze(-1)
+        colour = (1.0 - rgb) * occupancy if self.ink else rgb
+        return torch.cat([colour, occupancy], dim=-1).reshape(batch, *pts.shape[:2], 4)
 
     def embed_values(self, values: torch.Tensor) -> torch.Tensor:
         """``[B, N, P³, 4]`` → tokens ``[B, N, dim]`` by the 3D conv (values laid out as a block volume)."""
@@ -287,7 +299,7 @@ class PoseRegressor(nn.Module):
     def __init__(self, s: PoseSettings):
         super().__init__()
         self.settings = s
-        self.tokenizer = VolumeTokenizer(s.tokenizer, s.grid_resolution, s.volume_size, s.grid_bound, s.dim)
+        self.tokenizer = VolumeTokenizer(s.tokenizer, s.grid_resolution, s.volume_size, s.grid_bound, s.dim, s.ink)
         n_vol, n_img = self.tokenizer.n_tokens, (s.image_size // s.image_patch) ** 2
         self.volume_pos = nn.Parameter(torch.zeros(1, n_vol, s.dim))
         self.volume_blocks = nn.ModuleList(Block(s.dim, s.heads, s.mlp_ratio, qkv_bias=True)
@@ -319,9 +331,11 @@ class PoseRegressor(nn.Module):
 
     def forward(self, nerf: Mapping[str, torch.Tensor], spec: NerfSpec,
                 images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images`` ``[S, V, 3, h, w]`` of S scenes → rotations ``[S, V, 3, 3]``, world-to-camera translations
+        """``images`` ``[S, V, 3, h, w]`` in [0, 1] of S scenes → rotations ``[S, V, 3, 3]``, world-to-camera translations
         ``[S, V, 3]`` (``compose_c2w`` turns them into camera-to-world poses)."""
         n_scenes, n_views = images.shape[:2]
+        if self.settings.ink:
+            images = 1.0 - images  # the white background becomes 0, the object carries the signal
         vol = self.encode_volume(nerf, spec)
         vol = vol.unsqueeze(1).expand(-1, n_views, -1, -1).reshape(n_scenes * n_views, *vol.shape[1:])
         img = self.image_embed(images.flatten(0, 1)).flatten(2).transpose(1, 2) + self.image_pos
