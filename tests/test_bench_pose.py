@@ -242,3 +242,17 @@ def test_constant_pose_is_the_best_single_training_rotation():
     assert torch.allclose(pb.camera_translation(still), pb.camera_translation(poses).mean(0), atol=1e-5)
     rots = random_rotations(3, 9)
     assert torch.allclose(pb.mean_rotation(rots[:1].expand(5, 3, 3)), rots[0], atol=1e-5)
+
+
+def test_config_takes_variants_for_pose_benchmarks_only():
+    from pathlib import Path
+
+    from izoo.config import load_config, validate_config
+    from izoo.errors import IzooError
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
+    assert cfg["benchmarks"]["omniobject3d_pose"]["variants"] == ["plain", "refine", "pretrain", "pretrain_refine"]
+    assert cfg["benchmarks"]["cifar10_classification"]["variants"] == ["plain"]  # the schema's default
+    cfg["benchmarks"]["cifar10_classification"]["variants"] = ["pretrain"]
+    with pytest.raises(IzooError, match="are pose variants"):
+        validate_config(cfg)
