@@ -51,6 +51,7 @@ from izoo.archive.reader import InrArchive, open_archive
 from izoo.benchmarks.pose_refine import RefineSettings, refine_pose
 from izoo.benchmarks.segmentation import (format_mean_std, mean_std, read_runs, resolve_device,
                                           write_json, write_table)
+from izoo.benchmarks.tables import seed_references
 from izoo.benchmarks.tokenizers import non_close_penalty
 from izoo.errors import IzooError
 from izoo.jsonargs import settings_from_json
@@ -755,7 +756,7 @@ def pose_table(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             for split in ("seen", "unseen"):
                 _metric_cells(row, split, [(r[split] or {}).get("refined") for r in refined])
             rows.append(row)
-    references = [r["reference"] for r in runs if r.get("reference")]
+    references = seed_references(runs)
     if references:
         row = {"method": f"no learning ({references[0]['rule']})", "tokenizer": "reference", "variant": "reference",
                "seeds": len(references)}

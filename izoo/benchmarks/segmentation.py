@@ -46,6 +46,7 @@ from izoo.archive.reader import InrArchive, open_archive
 from izoo.atomic import atomic_path
 from izoo.benchmarks.seg_metrics import (CITYSCAPES_CLASSES, IGNORE_INDEX, confusion_matrix, iou_per_class,
                                          mean_iou, pixel_accuracy)
+from izoo.benchmarks.tables import seed_references
 from izoo.benchmarks.tokenizers import CoordinateTokenizer, DISPLAY_NAMES, describe
 from izoo.errors import IzooError
 from izoo.jsonargs import settings_from_json
@@ -445,7 +446,7 @@ def segmentation_table(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "resolution": f"{group[0]['settings']['height']}×{group[0]['settings']['width']}",
             "steps": group[0]["settings"]["steps"],
         })
-    references = [r["reference"] for r in runs if r.get("reference")]
+    references = seed_references(runs)
     if references:
         fine = mean_std([r.get("miou_fine") for r in references], 100)
         coarse = mean_std([r.get("miou_coarse") for r in references], 100)

@@ -43,6 +43,12 @@ def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return runs
 
 
+def seed_references(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The no-learning ``reference`` of each seed once: runs of one seed share their split, so their references agree."""
+    by_seed = {r.get("seed"): r["reference"] for r in runs if r.get("reference")}
+    return [by_seed[seed] for seed in sorted(by_seed, key=str)]
+
+
 def classification_table(runs: list[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per tokenizer (paper order): seeds, mean and std (sample std, 0 for one seed) of each metric, in %."""
     frame = pd.DataFrame([{"tokenizer": r["tokenizer"], "seed": r["seed"],
@@ -71,7 +77,7 @@ def classification_table(runs: list[Mapping[str, Any]]) -> pd.DataFrame:
         row["test_items"] = group["test_items"].iloc[0]
         row["seconds_mean"] = float(group["seconds"].astype(float).mean())
         rows.append(row)
-    references = [r["reference"] for r in runs if r.get("reference")]
+    references = seed_references(runs)
     if references:
         row = {"tokenizer": REFERENCE, "method": f"no learning ({references[0]['rule']})",
                "seeds": len(references), "seed_list": ""}
