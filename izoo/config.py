@@ -113,6 +113,9 @@ def _check_cross_fields(config: dict, source: str) -> None:
             raise IzooError(f"benchmarks.{name}.tokenizers has {sorted(set(bench['tokenizers']) - POSE_TOKENIZERS)}, "
                             "which the 3D pose benchmark does not have", source,
                             f"use only {sorted(POSE_TOKENIZERS)} for task: pose")
+        if bench["task"] != "pose" and bench.get("variants", ["plain"]) != ["plain"]:
+            raise IzooError(f"benchmarks.{name}.variants {bench['variants']} are pose variants, but the task is "
+                            f"{bench['task']}", source, "remove variants (only task: pose has them)")
         if ds not in config["datasets"]:
             raise IzooError(f"benchmarks.{name}.dataset names unknown dataset {ds!r}", source,
                             f"use one of {sorted(config['datasets'])}")

@@ -27,7 +27,7 @@ TINY = {"model": "vit_tiny", "image_size": 16, "patch": 4, "batch_size": 32, "lr
                     "ops": ["rotate", "shear_x", "shear_y", "translate_x", "translate_y", "cutout"]}}
 
 
-def synthetic_archive(path: Path, n: int, seed: int) -> Path:
+def synthetic_archive(path: Path, n: int, seed: int, unlabelled: int = 0) -> Path:
     """Valid SIRENs whose class shows as image structure: a smooth random texture plus a class colour.
 
     No fitting (too slow for a shared CPU): every item is a randomly initialised SIREN with a smooth first
@@ -35,11 +35,12 @@ def synthetic_archive(path: Path, n: int, seed: int) -> Path:
     """
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % CLASSES
+    labels[n - unlabelled:] = -1  # the last items carry no class (like ImageNet's test images)
     params = siren.init_params(SPEC, [int(s) for s in rng.integers(0, 1 << 30, n)])
     params[0] = params[0] * 0.5                        # smooth textures
     params[-2] = params[-2] * 4.0                      # with visible contrast
     colours = torch.tensor([[1.2, -1.0, -1.0], [-1.0, 1.2, -1.0], [-1.0, -1.0, 1.2], [1.0, 1.0, -0.6]])
-    params[-1] = params[-1] + colours[torch.as_tensor(labels)] * 0.3
+    params[-1] = params[-1] + colours[torch.as_tensor(labels % CLASSES)] * 0.3
     named = {f"layer{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": p.numpy() for i, p in enumerate(params)}
     items = pd.DataFrame({"index": np.arange(n), "item_id": [f"x{i}" for i in range(n)],
                           "source_id": [f"synthetic#{i}" for i in range(n)], "split": "train", "label": labels,
@@ -125,16 +126,20 @@ def test_lp_reg_run_and_table(archives: tuple[Path, Path], tmp_path: Path) -> No
         paths.append(clf.write_result(result, tmp_path / f"{tok}-seed{seed}.json"))
         assert result["train_items"] == 64 and result["test_items"] == 32
     table = classification_table(load_runs(paths))
-    assert list(table.tokenizer) == ["uniform", "lp_reg"] and list(table.seeds) == [2, 1]
+    assert list(table.tokenizer) == ["uniform", "lp_reg", "reference"] and list(table.seeds) == [2, 1, 2]
     runs = [json.loads(p.read_text()) for p in paths[:2]]
     accs = [100 * r["accuracy"] for r in runs]
     assert table.accuracy_mean[0] == pytest.approx(np.mean(accs))
     assert table.accuracy_std[0] == pytest.approx(np.std(accs, ddof=1))
     assert "LP+reg" in table_markdown(table)
+    # the no-learning row: the train split's majority class predicted for every test item, on the same split
+    test_labels = np.arange(64)[:32] % CLASSES
+    assert table.accuracy_mean[2] == pytest.approx(100 * np.mean(test_labels == 0))
+    assert "no learning (majority class of the train split)" in table_markdown(table)
     csv, md, png = tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "tokens.png"
     rc = izoo_main(["bench-classify-table", "--runs", *map(str, paths), "--out-csv", str(csv), "--out-md", str(md),
                     "--figure-from", str(paths[2]), "--out-png", str(png)])
-    assert rc == 0 and len(pd.read_csv(csv)) == 2 and "± " in md.read_text()
+    assert rc == 0 and len(pd.read_csv(csv)) == 3 and "± " in md.read_text()
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -175,3 +180,45 @@ def test_streamed_split_yields_the_same_items_as_in_memory(archives: tuple[Path,
     assert torch.equal(torch.cat([labels for _, labels in batches]), memory.labels)
     shuffled = torch.cat([labels for _, labels in streamed.batches(16, shuffle=True, generator=None, seed=3)])
     assert sorted(shuffled.tolist()) == sorted(memory.labels.tolist())
+
+
+def test_unlabelled_items_are_archived_but_left_out_of_classification(tmp_path: Path) -> None:
+    mixed = synthetic_archive(tmp_path / "mixed.h5", 24, 3, unlabelled=8)
+    split = clf.InrSplit(mixed, torch.device("cpu"), max_items=None, in_memory_gb=8.0)
+    assert len(split) == 16 and split.unlabelled == 8 and bool((split.labels >= 0).all())
+    streamed = clf.InrSplit(mixed, torch.device("cpu"), max_items=None, in_memory_gb=0.0)
+    assert torch.equal(torch.cat([labels for _, labels in streamed.batches(5, False, None)]), split.labels)
+    only_test = synthetic_archive(tmp_path / "test_split.h5", 6, 4, unlabelled=6)
+    with pytest.raises(IzooError, match="no labelled items"):
+        clf.InrSplit(only_test, torch.device("cpu"), max_items=None, in_memory_gb=8.0)
+
+
+def test_steps_end_training_and_inception_normalisation(archives: tuple[Path, Path]) -> None:
+    train, test = archives
+    quick = {**TINY, "steps": 3, "epochs": 50, "max_train_items": 64, "max_test_items": 16,
+             "input_norm": "inception", "schedule": "warmup_cosine", "warmup_epochs": 1}
+    result = clf.run_classification(train, test, "uniform", 0, clf.ClassificationSettings.from_json(quick), "cpu")
+    assert result["steps"] == 3 and result["epochs_run"] == 2 and len(result["history"]) == 2  # 2 steps per epoch
+    with pytest.raises(IzooError, match="input_norm"):
+        clf.ClassificationSettings.from_json('{"input_norm": "bgr"}')
+    # the ViT sees (x01 - 0.5) / 0.5 where the SIRENs give ImageNet-normalised x
+    settings = clf.ClassificationSettings.from_json({**quick, "augment": {"enabled": False}})
+    model = clf.build_classifier(settings, "uniform", CLASSES, SPEC)
+    params = layout_params(train)
+    seen = {}
+    model.vit.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0]))
+    model.eval()
+    model(params)
+    images01 = siren.denormalise_rgb(model.query(params).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    assert torch.allclose(seen["x"], (images01 - 0.5) / 0.5, atol=1e-5)
+
+
+def layout_params(path: Path) -> list[torch.Tensor]:
+    import izoo.archive
+
+    return izoo.archive.open(path, device="cpu").params_batch(slice(0, 4))
+
+
+def test_majority_reference() -> None:
+    ref = clf.majority_reference(torch.tensor([2, 2, 1, 0]), torch.tensor([2, 0, 0, 2, 1]), 3)
+    assert ref["predicts"] == 2 and ref["accuracy"] == pytest.approx(2 / 5)

@@ -198,6 +198,14 @@ def test_short_training_run_end_to_end_through_cli(tmp_path, sphere):
                  "--out-md", str(tmp_path / "t.md")]) == 0
     md = (tmp_path / "t.md").read_text()
     assert "Unseen scenes" in md and "Ours+Pre+LP+reg" in md
+    table = pd.read_csv(tmp_path / "t.csv")
+    # each variant its own row: the refined uniform run gives "+Ref" its own, then the no-learning reference
+    assert table["variant"].tolist() == ["plain", "refine", "pretrain", "reference"]
+    assert table["method"].tolist()[:3] == ["Ours", "Ours+Ref", "Ours+Pre+LP+reg"]
+    assert table.loc[1, "seen_RE_mean"] == pytest.approx(rec["seen"]["refined"]["re_mean"])
+    refs = [json.loads(open(o).read())["reference"] for o in outs]
+    assert table.loc[3, "unseen_RE_mean"] == pytest.approx(np.mean([r["unseen"]["re_mean"] for r in refs]))
+    assert "no learning (constant pose)" in md
 
 
 def test_scene_cameras_from_stored_poses(tmp_path, sphere):
@@ -208,3 +216,43 @@ def test_scene_cameras_from_stored_poses(tmp_path, sphere):
     assert cams.fov_x == pytest.approx(math.radians(40.0), rel=1e-4)
     poses = pb.sample_poses(5, cams, torch.Generator().manual_seed(0))
     assert torch.allclose(poses[:, :3, 3].norm(dim=-1), torch.full((5,), 4.0), atol=1e-4)
+
+
+def test_variants_map_to_training_jobs():
+    from izoo.benchmarks.variants import pose_training_jobs
+
+    assert pose_training_jobs(["plain"]) == {"plain": {"pretrain": False, "refine": False}}
+    # refinement post-processes a trained model: no extra training job, its base job refines
+    assert pose_training_jobs(["plain", "refine", "pretrain", "pretrain_refine"]) == {
+        "plain": {"pretrain": False, "refine": True}, "pretrain": {"pretrain": True, "refine": True}}
+    assert pose_training_jobs(["pretrain_refine"]) == {"pretrain": {"pretrain": True, "refine": True}}
+    with pytest.raises(ValueError, match="unknown pose variant"):
+        pose_training_jobs(["pre"])
+
+
+def test_constant_pose_is_the_best_single_training_rotation():
+    gen = torch.Generator().manual_seed(0)
+    cams = pb.SceneCameras(4.0, (0.0, math.radians(60)), 0.7, None)
+    poses = pb.sample_poses(64, cams, gen)
+    still = pb.constant_pose(poses)
+    _, re = pb.pose_errors(still.expand_as(poses), poses)
+    for k in range(0, 64, 7):  # no training pose used as the constant does better on the training poses
+        _, other = pb.pose_errors(poses[k].expand_as(poses), poses)
+        assert float(re.mean()) <= float(other.mean()) + 1e-4
+    assert torch.allclose(pb.camera_translation(still), pb.camera_translation(poses).mean(0), atol=1e-5)
+    rots = random_rotations(3, 9)
+    assert torch.allclose(pb.mean_rotation(rots[:1].expand(5, 3, 3)), rots[0], atol=1e-5)
+
+
+def test_config_takes_variants_for_pose_benchmarks_only():
+    from pathlib import Path
+
+    from izoo.config import load_config, validate_config
+    from izoo.errors import IzooError
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
+    assert cfg["benchmarks"]["omniobject3d_pose"]["variants"] == ["plain", "refine", "pretrain", "pretrain_refine"]
+    assert cfg["benchmarks"]["cifar10_classification"]["variants"] == ["plain"]  # the schema's default
+    cfg["benchmarks"]["cifar10_classification"]["variants"] = ["pretrain"]
+    with pytest.raises(IzooError, match="are pose variants"):
+        validate_config(cfg)

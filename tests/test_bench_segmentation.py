@@ -104,8 +104,9 @@ def test_cli_and_table(tmp_path):
     assert main(["bench-segment-table", "--runs", *outs, "--out-csv", str(tmp_path / "t.csv"),
                  "--out-md", str(tmp_path / "t.md")]) == 0
     table = pd.read_csv(tmp_path / "t.csv")
-    assert table["tokenizer"].tolist() == ["uniform", "lc"]
-    assert table["seeds"].tolist() == [1, 2]
+    assert table["tokenizer"].tolist() == ["uniform", "lc", "reference"]
+    assert table["seeds"].tolist() == [1, 2, 2]
+    assert "no learning (majority class" in (tmp_path / "t.md").read_text()
     assert "LC" in (tmp_path / "t.md").read_text()
 
 
@@ -113,7 +114,7 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     from izoo.errors import IzooError
 
     with pytest.raises(IzooError, match="checkpoint is missing"):
-        seg.build_encoder(tiny_settings(pretrained_checkpoint=str(tmp_path / "nope.pth")))
+        seg.build_encoder(tiny_settings(encoder_checkpoint=str(tmp_path / "nope.pth")))
 
 
 def test_local_checkpoint_loads(tmp_path):
@@ -122,7 +123,7 @@ def test_local_checkpoint_loads(tmp_path):
     full = timm.create_model("pvt_v2_b0", pretrained=False, **TINY_ENCODER)
     ckpt = tmp_path / "enc.pth"
     torch.save(full.state_dict(), ckpt)
-    enc = seg.build_encoder(tiny_settings(pretrained_checkpoint=str(ckpt)))
+    enc = seg.build_encoder(tiny_settings(encoder_checkpoint=str(ckpt)))
     assert torch.equal(enc.state_dict()["patch_embed.proj.weight"], full.state_dict()["patch_embed.proj.weight"])
 
 
@@ -149,3 +150,16 @@ def test_zoom_crop_in_weight_space_is_exact():
     rows, cols = torch.meshgrid(torch.arange(4), torch.arange(8), indexing="ij")
     assert torch.equal(zlabels[0], labels[0][rows // 2, cols // 2])
     assert torch.equal(zlabels[1], labels[1])
+
+
+def test_majority_reference_miou_on_the_test_split(tmp_path):
+    train = make_seg_archive(tmp_path / "train.h5", 3, 8, 16, seed=0)
+    test = make_seg_archive(tmp_path / "test.h5", 2, 8, 16, seed=5)
+    settings = tiny_settings(height=8, width=16)
+    ref = seg.majority_reference(seg.open_archive(train), seg.open_archive(test), settings)
+    train_maps = seg.open_archive(train).label_maps()
+    majority = int(np.bincount(train_maps[train_maps < 3], minlength=3).argmax())
+    target = torch.from_numpy(seg.open_archive(test).label_maps().astype(np.int64))
+    confusion = confusion_matrix(torch.full_like(target, majority), target, 3)
+    assert ref["predicts"] == majority
+    assert ref["miou_fine"] == pytest.approx(mean_iou(confusion)) and ref["miou_coarse"] == ref["miou_fine"]

@@ -230,3 +230,33 @@ def test_scene_demo_roundtrip(tmp_path: Path) -> None:
     fresh = open_source({"format": "scenes", "root": str(root), "size": 16, "train_views": 2})
     row = {"item_id": "tower_001", "split": "train", "label": 0, "source_id": "tower/tower_001"}
     assert torch.equal(fresh.load(row).scene.images, source.load(refs[1]).scene.images)
+
+
+def test_imagenet_flat_test_split_is_unlabelled(imagenet_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "imagenet"
+    shutil.copytree(imagenet_root, root)
+    rng = np.random.default_rng(2)
+    for k in (2, 1):
+        _save(root / "test" / f"ILSVRC2012_test_{k:08d}.JPEG", _noise(rng, 30, 40), format="JPEG")
+    source = open_source({"format": "imagenet", "root": str(root), "splits": ["train", "val", "test"],
+                          "resize": 20, "crop": 16})
+    test = source.list_items("test")
+    assert test == [ItemRef("ILSVRC2012_test_00000001", "test", -1, "test/ILSVRC2012_test_00000001.JPEG"),
+                    ItemRef("ILSVRC2012_test_00000002", "test", -1, "test/ILSVRC2012_test_00000002.JPEG")]
+    sample = source.load(test[0])
+    assert sample.label == -1 and sample.image.shape == (3, 16, 16)
+    assert source.classes() == {0: "n01440764", 1: "n01443537", 2: "n02102040"}  # from train, not test
+    # a flat val/ is still the classic mistake (unsorted validation images), not an unlabelled split
+    flat_val = tmp_path / "flat_val"
+    _save(flat_val / "train" / "n01440764" / "a.JPEG", _noise(rng, 20, 20), format="JPEG")
+    _save(flat_val / "val" / "ILSVRC2012_val_00000001.JPEG", _noise(rng, 20, 20), format="JPEG")
+    with pytest.raises(IzooError, match="lie directly in val/"):
+        open_source({"format": "imagenet", "root": str(flat_val), "splits": ["train", "val"]}).list_items("val")
+    # and an unlabelled split that holds class folders names the fix
+    (root / "test" / "n01440764").mkdir()
+    for path in (root / "test").glob("*.JPEG"):
+        path.unlink()
+    with pytest.raises(IzooError, match="unlabelled_splits"):
+        open_source({"format": "imagenet", "root": str(root), "splits": ["test"]}).list_items("test")

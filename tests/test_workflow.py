@@ -47,9 +47,12 @@ def test_full_run_produces_archives_reports_and_benchmark(finished_run):
     summary = json.loads((res / "reports" / "summary.json").read_text())
     assert summary["items"] == 48 and summary["fit_hours"] > 0 and summary["archive_bytes"] > 0
     assert "izoo dataset summary" in (work / "results" / "summary.md").read_text()
+    table1 = pd.read_csv(work / "results" / "summary.csv")
+    assert table1.loc[0, "until-threshold cap (it)"] == 120 and "recipe" in table1.columns
     assert "izoo dataset summary" in proc.stdout + proc.stderr  # the table is printed at the end
     bench = json.loads((work / "results" / "benchmarks" / "demo_classification" / "lc-seed0.json").read_text())
     assert 0.0 <= bench["accuracy"] <= 1.0
+    assert bench["reference"]["rule"] == "majority class of the train split"
     assert (work / "results" / "benchmarks" / "demo_classification" / "table.md").exists()
 
 

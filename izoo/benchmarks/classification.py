@@ -5,9 +5,14 @@ on the train archive, evaluates on the test archive every epoch and returns a JS
 (accuracy, macro precision, macro F1, history, learned token coordinates). ``izoo bench-classify`` wraps it.
 
 Defaults are the paper's CIFAR-10 settings (ViT-tiny, patch 4, batch 512, 200 epochs, Adam 1e-4,
-cosine, RandAugment N=2 M=9, LP+reg weight 1). The ImageNet-100 setting is ``model: vit_base``,
-``patch: 16``, ``image_size: 224``, ``optimizer: adamw``, ``lr: 1e-5``, ``schedule: warmup_cosine`` and
+cosine, RandAugment N=2 M=9, LP+reg weight 1). The ImageNet-100 recipe (paper §5.2 and supplementary §7.3.1)
+is ``model: vit_base``, ``patch: 16``, ``image_size: 224``, ``batch_size: 32``, ``steps: 8000``,
+``optimizer: adamw``, ``lr: 1e-5`` (model and tokenizer), ``schedule: warmup_cosine`` with
+``warmup_epochs: 1``, ``input_norm: inception`` (the augreg 21k→1k ViT-B expects mean = std = 0.5) and
 ``checkpoint: <local file>`` (never downloaded).
+
+Every result also carries a ``reference`` entry: the metrics of a model that learns nothing (it predicts the
+training split's most frequent class for every test item), computed on the same test split.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ MODEL_NAMES = {
     "vit_base": "vit_base_patch16_224",    # depth 12, 12 heads, dim 768
 }
 SCHEDULES = ("cosine", "warmup_cosine", "constant")
+#: the ViT's input normalisation: the SIRENs' own (ImageNet mean/std, what they were fitted in) or timm's
+#: "inception" mean = std = 0.5, which the augreg ViT checkpoints were trained with
+INPUT_NORMS = {"imagenet": (siren.IMAGENET_MEAN, siren.IMAGENET_STD), "inception": ((0.5,) * 3, (0.5,) * 3)}
 OPTIMIZERS = ("adam", "adamw")
 
 
@@ -56,6 +64,7 @@ class ClassificationSettings:
     model: str = "vit_tiny"
     patch: int = 4
     epochs: int = 200
+    steps: int | None = None                 # total optimiser steps; overrides epochs (ImageNet-100: 8,000)
     batch_size: int = 512
     lr: float = 1e-4
     optimizer: str = "adam"
@@ -75,6 +84,7 @@ class ClassificationSettings:
     in_memory_gb: float = 8.0                # archives up to this size are held on the device whole
     loader_workers: int = 0                  # DataLoader worker processes reading larger archives (0: in-process)
     amp: bool = True                         # bfloat16 autocast for the ViT on CUDA (the SIREN query stays fp32)
+    input_norm: str = "imagenet"             # the ViT input's normalisation (INPUT_NORMS)
 
     @classmethod
     def from_json(cls, text_or_path: str | Mapping[str, Any] | None) -> "ClassificationSettings":
@@ -102,8 +112,10 @@ class ClassificationSettings:
             problems.append(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
         if self.image_size % self.patch:
             problems.append(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            problems.append("epochs, batch_size and lr must be positive")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or (self.steps is not None and self.steps < 1):
+            problems.append("epochs, steps, batch_size and lr must be positive")
+        if self.input_norm not in INPUT_NORMS:
+            problems.append(f"input_norm must be one of {tuple(INPUT_NORMS)} (got {self.input_norm!r})")
         if not 0 <= float(self.augment.get("magnitude", 9)) <= 10:
             problems.append("augment.magnitude must be in [0, 10] (RandAugment scale)")
         bad_ops = [op for op in self.augment.get("ops") or () if op not in OPS]
@@ -131,18 +143,28 @@ class InrSplit:
         self.spec = archive.spec
         self.convention = archive.coordinate_convention
         self.loader_workers = int(loader_workers)
-        self.n = len(archive) if max_items is None else min(int(max_items), len(archive))
-        if self.n == 0:
+        if len(archive) == 0:
             raise IzooError("archive has no items", self.path, "rerun the merge that writes it")
-        self.labels = torch.as_tensor(np.asarray(archive.labels[: self.n]), dtype=torch.long)
-        if bool((self.labels < 0).any()):
-            raise IzooError("archive has items without a class label (-1)", self.path,
-                            "classification needs a labelled dataset archive")
+        all_labels = np.asarray(archive.labels)
+        # items without a class (label -1, e.g. the ImageNet test images) are archived but cannot be classified
+        self.rows = np.flatnonzero(all_labels >= 0)
+        self.unlabelled = int(len(all_labels) - len(self.rows))
+        if max_items is not None:
+            self.rows = self.rows[: int(max_items)]
+        self.n = len(self.rows)
+        if self.n == 0:
+            raise IzooError(f"archive has no labelled items ({self.unlabelled} items carry label -1)", self.path,
+                            "classification needs a labelled split (train/val, not the unlabelled test split)")
+        if self.unlabelled:
+            log.info("%s: %d items without a class label (-1) left out", self.path, self.unlabelled)
+        self.labels = torch.as_tensor(all_labels[self.rows], dtype=torch.long)
         self.in_memory = 4 * self.spec.n_params() * self.n <= in_memory_gb * (1 << 30)
         self._archive = None
         self.params: siren.Params | None = None
         if self.in_memory:  # demo/CIFAR scale: hold every weight on the device, batches are plain indexing
-            self.params = [p.to(device) for p in archive.params_batch(slice(0, self.n))]
+            contiguous = self.rows[-1] + 1 == self.n  # the common case: rows 0..n-1, one slice read
+            self.params = [p.to(device) for p in archive.params_batch(slice(0, self.n) if contiguous
+                                                                      else self.rows.tolist())]
             archive.close()
         else:               # ImageNet scale: stream contiguous runs through the archive's DataLoader
             self._archive = archive
@@ -162,7 +184,7 @@ class InrSplit:
                 yield [p[rows] for p in self.params], self.labels[rows]
             return
         loader = self._archive.dataloader(batch_size=batch_size, shuffle=shuffle, seed=seed,
-                                          indices=np.arange(self.n), with_extras=False,
+                                          indices=self.rows, with_extras=False,
                                           num_workers=self.loader_workers, pin_memory=self.device.type == "cuda")
         for batch in loader:
             yield [p.to(self.device, non_blocking=True) for p in batch["params"]], batch["label"].to(self.device)
@@ -215,9 +237,15 @@ class InrClassifier(nn.Module):
     """Tokenizer (query coordinates) → optional differentiable RandAugment → timm ViT."""
 
     def __init__(self, tokenizer: CoordinateTokenizer, vit: nn.Module, w0: float,
-                 augment: RandAugmentINR | None = None, amp: bool = True):
+                 augment: RandAugmentINR | None = None, amp: bool = True, input_norm: str = "imagenet"):
         super().__init__()
         self.tokenizer, self.vit, self.w0, self.augment, self.amp = tokenizer, vit, float(w0), augment, amp
+        # x_vit = a * x_siren + b maps the SIRENs' ImageNet normalisation to the ViT's (identity for imagenet)
+        mean, std = (torch.tensor(v).view(3, 1, 1) for v in INPUT_NORMS[input_norm])
+        siren_mean, siren_std = (torch.tensor(v).view(3, 1, 1) for v in INPUT_NORMS["imagenet"])
+        self.register_buffer("norm_scale", siren_std / std, persistent=False)
+        self.register_buffer("norm_shift", (siren_mean - mean) / std, persistent=False)
+        self.renormalise = input_norm != "imagenet"
 
     def query(self, params: siren.Params, generator: torch.Generator | None = None) -> torch.Tensor:
         """The grouped ``[B, 3, H, W]`` ViT input (augmented in training mode)."""
@@ -229,6 +257,8 @@ class InrClassifier(nn.Module):
     def forward(self, params: siren.Params, generator: torch.Generator | None = None) -> torch.Tensor:
         """Class logits ``[B, classes]``."""
         images = self.query(params, generator)
+        if self.renormalise:
+            images = images * self.norm_scale + self.norm_shift
         use_amp = self.amp and images.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             return self.vit(images).float()
@@ -247,7 +277,7 @@ def build_classifier(settings: ClassificationSettings, tokenizer: str, num_class
     if aug_cfg.get("enabled", True) and int(aug_cfg.get("n_ops", 2)) > 0:
         ops = tuple(aug_cfg.get("ops") or OPS)
         augment = RandAugmentINR(int(aug_cfg.get("n_ops", 2)), float(aug_cfg.get("magnitude", 9)), ops)
-    return InrClassifier(tok, build_vit(settings, num_classes), spec.w0, augment, settings.amp)
+    return InrClassifier(tok, build_vit(settings, num_classes), spec.w0, augment, settings.amp, settings.input_norm)
 
 
 # -- metrics ---------------------------------------------------------------------------------------------------
@@ -276,6 +306,13 @@ def classification_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes
 
 
 # -- training --------------------------------------------------------------------------------------------------
+
+def majority_reference(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """What no learning scores: predict the training split's most frequent class for every test item."""
+    majority = int(torch.bincount(train_labels.cpu(), minlength=num_classes).argmax())
+    metrics = classification_metrics(torch.full_like(test_labels.cpu(), majority), test_labels, num_classes)
+    return {**metrics, "predicts": majority, "rule": "majority class of the train split"}
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
@@ -351,7 +388,8 @@ def run_classification(train_path: str | Path, test_path: str | Path, tokenizer:
     model = build_classifier(settings, tokenizer, num_classes, train.spec, seed, train.convention).to(dev)
     optimizer = make_optimizer(model, settings)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
-    total_steps = settings.epochs * steps_per_epoch
+    total_steps = settings.steps or settings.epochs * steps_per_epoch
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = int(round(settings.warmup_epochs * steps_per_epoch))
     scheduler = make_scheduler(optimizer, settings.schedule, total_steps, warmup)
     generator = torch.Generator().manual_seed(seed)
@@ -361,12 +399,16 @@ def run_classification(train_path: str | Path, test_path: str | Path, tokenizer:
     log.info("classification %s seed %d: %d train / %d test items, %d classes, %s on %s", tokenizer, seed,
              len(train), len(test), num_classes, settings.model, dev)
     final: dict[str, float] = {}
-    for epoch in range(1, settings.epochs + 1):
+    step = 0
+    for epoch in range(1, n_epochs + 1):
         model.train()
         epoch_start = time.time()
         loss_sum = penalty_sum = 0.0
         correct = seen = 0
         for params, labels in train.batches(settings.batch_size, True, generator, seed=seed * 100003 + epoch):
+            if step == total_steps:  # ``steps`` may end training inside an epoch
+                break
+            step += 1
             logits = model(params, generator)
             loss = F.cross_entropy(logits, labels)
             penalty = model.tokenizer.penalty()
@@ -385,11 +427,11 @@ def run_classification(train_path: str | Path, test_path: str | Path, tokenizer:
         row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                                "penalty": penalty_sum / seen, "lr": optimizer.param_groups[0]["lr"],
                                "seconds": time.time() - epoch_start}
-        if epoch % max(1, settings.eval_every) == 0 or epoch == settings.epochs:
+        if epoch % max(1, settings.eval_every) == 0 or epoch == n_epochs:
             final = evaluate(model, test, eval_bs, num_classes)
             row.update({"test_loss": final["loss"], "test_acc": final["accuracy"], "test_f1": final["f1"]})
         history.append(row)
-        log.info("epoch %d/%d: loss %.4f, train acc %.3f, test acc %s", epoch, settings.epochs, row["train_loss"],
+        log.info("epoch %d/%d: loss %.4f, train acc %.3f, test acc %s", epoch, n_epochs, row["train_loss"],
                  row["train_acc"], f"{row['test_acc']:.4f}" if "test_acc" in row else "-")
     coords = model.tokenizer.coordinates().detach().cpu()
     scales = model.tokenizer.scales()
@@ -403,6 +445,10 @@ def run_classification(train_path: str | Path, test_path: str | Path, tokenizer:
         "f1": final["f1"],
         "test_loss": final["loss"],
         "chance": 1.0 / num_classes,
+        "reference": majority_reference(train.labels, test.labels, num_classes),
+        "steps": step,
+        "epochs_run": n_epochs,
+        "unlabelled_left_out": {"train": train.unlabelled, "test": test.unlabelled},
         "num_classes": num_classes,
         "train_items": len(train),
         "test_items": len(test),

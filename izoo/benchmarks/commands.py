@@ -34,7 +34,8 @@ def _bench_classify_table(args: argparse.Namespace) -> int:
         if not (args.figure_from and args.out_png):
             raise IzooError("--figure-from and --out-png go together", None, "pass both, or neither")
         plot_token_groups(json.loads(Path(args.figure_from).read_text()), args.out_png)
-    log.info("classification table of %d runs (%d tokenizers) written", len(runs), len(table))
+    log.info("classification table of %d runs (%d tokenizers + the no-learning row) written", len(runs),
+             int((table.tokenizer != "reference").sum()))
     return 0
 
 

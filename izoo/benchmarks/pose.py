@@ -20,7 +20,12 @@ or the scene's stored held-out poses) of training scenes, *unseen* evaluation = 
 Metrics: translation error = L2 distance of camera centres (scene units × 100, "cm" when a unit is a metre;
 ``te_cam`` = the same for the world-to-camera translation),
 rotation error = geodesic angle of ``R_predᵀ R_gt`` in degrees, RE@5/15/30 = % of views under each threshold;
-optionally after iNeRF-style refinement (``izoo.benchmarks.pose_refine``).
+optionally after iNeRF-style refinement (``izoo.benchmarks.pose_refine``). Every result also carries a
+``reference``: the errors of one constant pose (chosen on the training poses, ``constant_pose``) predicted for
+every evaluation view, which is what a regressor that learned nothing scores.
+
+Variants (the paper's Table 5 columns, ``izoo.benchmarks.variants``): ``plain``, ``pretrain`` (MAE pre-trained
+volume encoder, "+Pre"), and each refined ("+Ref"); the table gives every variant its own row.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from izoo.archive.reader import InrArchive, open_archive
 from izoo.benchmarks.pose_refine import RefineSettings, refine_pose
 from izoo.benchmarks.segmentation import (format_mean_std, mean_std, read_runs, resolve_device,
                                           write_json, write_table)
+from izoo.benchmarks.tables import seed_references
 from izoo.benchmarks.tokenizers import non_close_penalty
 from izoo.errors import IzooError
 from izoo.jsonargs import settings_from_json
@@ -105,6 +111,30 @@ def compose_c2w(rot: torch.Tensor, t_cam: torch.Tensor) -> torch.Tensor:
     return pose
 
 
+def mean_rotation(rots: torch.Tensor) -> torch.Tensor:
+    """The chordal L2 mean of rotations ``[N, 3, 3]``: their sum projected onto SO(3) (SVD, det +1)."""
+    u, _, vt = torch.linalg.svd(rots.double().sum(0))
+    fix = torch.diag(torch.tensor([1.0, 1.0, float(torch.linalg.det(u @ vt))], dtype=torch.float64))
+    return (u @ fix @ vt).to(rots.dtype)
+
+
+def constant_pose(train_c2w: torch.Tensor, max_poses: int = 2048, seed: int = 0) -> torch.Tensor:
+    """The best pose that ignores its input, chosen on training poses ``[..., 4, 4]`` only.
+
+    The rotation is whichever of the candidates (the chordal mean, and every training rotation) has the lowest
+    mean geodesic error over the training rotations: with cameras all around an object the chordal mean is close
+    to degenerate, and the best single training rotation is the fairer "no learning" baseline. The translation is
+    the mean world-to-camera translation. At most ``max_poses`` (a seeded sample) are compared pairwise.
+    """
+    flat = train_c2w.reshape(-1, 4, 4)
+    if len(flat) > max_poses:
+        flat = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:max_poses]]
+    rots = flat[:, :3, :3]
+    candidates = torch.cat([mean_rotation(rots)[None], rots])
+    errors = geodesic_rotation_error_deg(candidates[:, None], rots[None]).mean(1)
+    return compose_c2w(candidates[int(errors.argmin())], camera_translation(flat).mean(0))
+
+
 def pose_errors(pred_c2w: torch.Tensor, gt_c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-view translation error (scene units) and rotation error (degrees) of camera-to-world poses ``[..., 4, 4]``."""
     te = (pred_c2w[..., :3, 3] - gt_c2w[..., :3, 3]).norm(dim=-1)
@@ -151,6 +181,10 @@ class PoseSettings:
     rotation_weight: float = 1.0
     translation_weight: float = 1.0
     reg_weight: float = 1.0
+    # how the regressor sees colour (the paper does not say): "ink" = 1 − RGB for views (white background → 0)
+    # and (1 − RGB) · occupancy for volume points; off = raw RGB and occupancy. At demo scale ink leaves the
+    # constant-pose plateau within a few hundred steps where raw inputs do not (benchmarks/RESULTS.md)
+    ink: bool = True
     pretrain: bool = False
     mae_epochs: int = 100
     mae_mask_ratio: float = 0.8
@@ -194,12 +228,14 @@ class VolumeTokenizer(nn.Module):
     ``uniform``: the cell-centre grid of ``[-bound, bound]³`` (what ``izoo.nerf.query_grid`` samples); ``lc``: per
     volume a learnable centre and scale ``1 + tanh(ρ)``; ``lp`` / ``lp_reg``: every point learnable as
     ``bound · sin(θ)`` (``lp_reg`` adds the non-close penalty, α = bound-scaled min cell size), as the 2D tokenizers.
-    Values are RGB and occupancy ``1 − exp(−σ δ)`` (δ = cell size), which keeps densities in [0, 1).
+    Values are RGB and occupancy ``1 − exp(−σ δ)`` (δ = cell size), which keeps densities in [0, 1); with ``ink``
+    the colour is ``(1 − RGB) · occupancy`` instead, 0 in empty space whatever colour the NeRF gives it there.
     """
 
-    def __init__(self, kind: str, resolution: int, volume_size: int, bound: float, dim: int):
+    def __init__(self, kind: str, resolution: int, volume_size: int, bound: float, dim: int, ink: bool = False):
         super().__init__()
         self.kind, self.resolution, self.volume_size, self.bound = kind, resolution, volume_size, bound
+        self.ink = ink
         n_side, p = resolution // volume_size, volume_size
         self.n_tokens = n_side ** 3
         axis = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution * 2 * bound - bound
@@ -246,8 +282,9 @@ class VolumeTokenizer(nn.Module):
         flat = pts.reshape(1, -1, 3).expand(batch, -1, 3)
         dirs = torch.tensor((0.0, 0.0, -1.0), device=flat.device).expand_as(flat)  # query_grid's fixed direction
         rgb, sigma = query(nerf, flat, dirs, spec)
-        occupancy = 1.0 - torch.exp(-sigma * self.cell)
-        return torch.cat([rgb, occupancy.unsqueeze(-1)], dim=-1).reshape(batch, *pts.shape[:2], 4)
+        occupancy = (1.0 - torch.exp(-sigma * self.cell)).unsqueeze(-1)
+        colour = (1.0 - rgb) * occupancy if self.ink else rgb
+        return torch.cat([colour, occupancy], dim=-1).reshape(batch, *pts.shape[:2], 4)
 
     def embed_values(self, values: torch.Tensor) -> torch.Tensor:
         """``[B, N, P³, 4]`` → tokens ``[B, N, dim]`` by the 3D conv (values laid out as a block volume)."""
@@ -263,7 +300,7 @@ class PoseRegressor(nn.Module):
     def __init__(self, s: PoseSettings):
         super().__init__()
         self.settings = s
-        self.tokenizer = VolumeTokenizer(s.tokenizer, s.grid_resolution, s.volume_size, s.grid_bound, s.dim)
+        self.tokenizer = VolumeTokenizer(s.tokenizer, s.grid_resolution, s.volume_size, s.grid_bound, s.dim, s.ink)
         n_vol, n_img = self.tokenizer.n_tokens, (s.image_size // s.image_patch) ** 2
         self.volume_pos = nn.Parameter(torch.zeros(1, n_vol, s.dim))
         self.volume_blocks = nn.ModuleList(Block(s.dim, s.heads, s.mlp_ratio, qkv_bias=True)
@@ -295,9 +332,11 @@ class PoseRegressor(nn.Module):
 
     def forward(self, nerf: Mapping[str, torch.Tensor], spec: NerfSpec,
                 images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images`` ``[S, V, 3, h, w]`` of S scenes → rotations ``[S, V, 3, 3]``, world-to-camera translations
+        """``images`` ``[S, V, 3, h, w]`` in [0, 1] of S scenes → rotations ``[S, V, 3, 3]``, world-to-camera translations
         ``[S, V, 3]`` (``compose_c2w`` turns them into camera-to-world poses)."""
         n_scenes, n_views = images.shape[:2]
+        if self.settings.ink:
+            images = 1.0 - images  # the white background becomes 0, the object carries the signal
         vol = self.encode_volume(nerf, spec)
         vol = vol.unsqueeze(1).expand(-1, n_views, -1, -1).reshape(n_scenes * n_views, *vol.shape[1:])
         img = self.image_embed(images.flatten(0, 1)).flatten(2).transpose(1, 2) + self.image_pos
@@ -627,10 +666,14 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
     train_seconds = time.time() - train_start
 
     results: dict[str, Any] = {}
+    # what no learning scores on the same views: one constant pose chosen on the training poses
+    reference: dict[str, Any] = {"rule": "one constant pose: the best training rotation, the mean translation"}
+    still = constant_pose(train_bank.poses)
     for split, bank in (("seen", seen_bank), ("unseen", unseen_bank)):
         if bank is None:
-            results[split] = None
+            results[split] = reference[split] = None
             continue
+        reference[split] = summarise_errors(*pose_errors(still.expand_as(bank.poses), bank.poses))
         pred = _predict(model, arch, spec, bank, s, device)
         te, re = pose_errors(pred, bank.poses)
         results[split] = summarise_errors(te, re)
@@ -661,6 +704,7 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
         "params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
         "seen": results["seen"],
         "unseen": results["unseen"],
+        "reference": reference,
         "train_loss": losses,
         "mae_loss": mae_losses,
         "render_seconds": render_seconds,
@@ -672,38 +716,65 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
 
 # -- table and CLI -------------------------------------------------------------------------------------------------
 
+#: (table key, column name) of the metrics of Table 5, in its row order
+TABLE_METRICS = (("te_mean", "TE"), ("re_mean", "RE"), ("re@5", "RE@5"), ("re@15", "RE@15"), ("re@30", "RE@30"))
+METRIC_LABELS = {"TE": "TE (cm) ↓", "RE": "RE (°) ↓", "RE@5": "RE@5 (%) ↑", "RE@15": "RE@15 (%) ↑",
+                 "RE@30": "RE@30 (%) ↑"}
+
+
+def _metric_cells(row: dict[str, Any], split: str, recs: Sequence[Mapping[str, Any] | None]) -> None:
+    """Fill ``row`` with mean ± std over seeds of each Table-5 metric of ``split`` (``recs``: one summary per run)."""
+    recs = [x for x in recs if x]
+    for key, name in TABLE_METRICS:
+        stats = mean_std([x[key] for x in recs])
+        row[f"{split}_{name}"] = format_mean_std(*stats)
+        row[f"{split}_{name}_mean"] = stats[0]
+
+
 def pose_table(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """The paper's Table 5 from run records: one row per (tokenizer, pre-training), mean ± std over seeds."""
+    """The paper's Table 5 from run records: one row per (tokenizer, variant), mean ± std over seeds.
+
+    Variants: trained (``plain``), with a pre-trained volume encoder (``pretrain``, "+Pre"), and each of them after
+    refinement ("+Ref", from the runs that refined: their refined views), then one row of what no learning scores
+    (one constant pose, ``constant_pose``) on the same views.
+    """
     rows = []
     order = {k: i for i, k in enumerate(POSE_TOKENIZERS)}
     keys = sorted({(r["tokenizer"], bool(r["pretrain"])) for r in runs}, key=lambda k: (order.get(k[0], 99), k[1]))
     for tok, pre in keys:
         group = [r for r in runs if r["tokenizer"] == tok and bool(r["pretrain"]) == pre]
-        row: dict[str, Any] = {"method": group[0]["method"], "tokenizer": tok, "pretrain": pre, "seeds": len(group)}
+        variant = "pretrain" if pre else "plain"
+        row: dict[str, Any] = {"method": group[0]["method"], "tokenizer": tok, "variant": variant,
+                               "seeds": len(group)}
         for split in ("seen", "unseen"):
-            recs = [r[split] for r in group if r.get(split)]
-            for key, name in (("te_mean", "TE"), ("re_mean", "RE"), ("re@5", "RE@5"), ("re@15", "RE@15"),
-                              ("re@30", "RE@30")):
-                stats = mean_std([x[key] for x in recs])
-                row[f"{split}_{name}"] = format_mean_std(*stats)
-                row[f"{split}_{name}_mean"] = stats[0]
-            ref = mean_std([x["refined"]["re_mean"] for x in recs if x.get("refined")])
-            row[f"{split}_RE+Ref"] = format_mean_std(*ref)
-            row[f"{split}_RE+Ref_mean"] = ref[0]
+            _metric_cells(row, split, [r[split] for r in group])
+        rows.append(row)
+        refined = [r for r in group if r.get("refine")]
+        if refined:
+            row = {"method": group[0]["method"] + "+Ref", "tokenizer": tok, "variant": f"{variant}_refine"
+                   if pre else "refine", "seeds": len(refined)}
+            for split in ("seen", "unseen"):
+                _metric_cells(row, split, [(r[split] or {}).get("refined") for r in refined])
+            rows.append(row)
+    references = seed_references(runs)
+    if references:
+        row = {"method": "no learning (constant pose)", "tokenizer": "reference", "variant": "reference",
+               "seeds": len(references)}
+        for split in ("seen", "unseen"):
+            _metric_cells(row, split, [ref[split] for ref in references])
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def pose_markdown(table: pd.DataFrame, note: str) -> str:
-    """Table 5 layout: metrics as rows, methods as columns, seen then unseen."""
+    """Table 5 layout: metrics as rows, methods (variants, then the no-learning reference) as columns."""
     methods = table["method"].tolist()
     lines = ["### OmniObject3D-INR pose regression (the paper's Table 5)", "",
              "| Metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for split in ("seen", "unseen"):
         lines.append(f"| **{split.capitalize()} scenes** |" + " |" * len(methods))
-        for name, label in (("TE", "TE (cm) ↓"), ("RE", "RE (°) ↓"), ("RE@5", "RE@5 (%) ↑"),
-                            ("RE@15", "RE@15 (%) ↑"), ("RE@30", "RE@30 (%) ↑"), ("RE+Ref", "RE+Ref (°) ↓")):
-            lines.append(f"| {label} | " + " | ".join(str(v) for v in table[f"{split}_{name}"]) + " |")
+        for _, name in TABLE_METRICS:
+            lines.append(f"| {METRIC_LABELS[name]} | " + " | ".join(str(v) for v in table[f"{split}_{name}"]) + " |")
     return "\n".join(lines + ["", note, ""])
 
 
@@ -727,9 +798,10 @@ def _run_pose_table(args: argparse.Namespace) -> int:
     s = runs[0]["settings"] if runs else {}
     note = (f"Mean ± std over seeds. Grid {s.get('grid_resolution')}³, volume {s.get('volume_size')}, views "
             f"{s.get('image_size')}², {s.get('epochs')} epochs. TE = camera-centre distance in scene units × 100; "
-            "RE = geodesic rotation error; RE+Ref after iNeRF-style refinement (blank when not run). Seen = new "
-            "poses of training scenes; unseen = held-out scenes. Paper (unseen, no refinement): RE 21.90°, "
-            "RE@30 77.50 %.")
+            "RE = geodesic rotation error; +Ref = after iNeRF-style refinement (the paper's RE+Ref row), on the "
+            f"first {s.get('refine_max_views')} views of each split. Seen = new poses of training scenes; unseen = "
+            "held-out scenes; the no-learning column predicts one constant pose (chosen on the training poses) "
+            "for every view. Paper (unseen, no refinement): RE 21.90°, RE@30 77.50 %.")
     write_table(table, pose_markdown(table, note), args.out_csv, args.out_md)
     return 0
 

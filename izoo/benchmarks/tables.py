@@ -1,7 +1,8 @@
 """Classification results: the paper's Table 2 (mean ± std over seeds) as CSV and Markdown, and the token figure.
 
 ``classification_table(runs)`` turns run JSONs (one per tokenizer and seed, from ``izoo bench-classify``)
-into one row per tokenizer; ``plot_token_groups(run, out_png)`` draws the learned query coordinates
+into one row per tokenizer, plus a last row showing what no learning scores on the same test split (the
+majority class of the train split, predicted for every item); ``plot_token_groups(run, out_png)`` draws the learned query coordinates
 coloured by token, next to their starting grid (like the paper's Fig. 6).
 """
 
@@ -19,6 +20,8 @@ from izoo.benchmarks.tokenizers import DISPLAY_NAMES, TOKENIZERS
 from izoo.errors import IzooError
 
 METRICS = ("accuracy", "precision", "f1")
+#: the ``tokenizer`` value of the no-learning reference row
+REFERENCE = "reference"
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -40,11 +43,18 @@ def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return runs
 
 
+def seed_references(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The no-learning ``reference`` of each seed once: runs of one seed share their split, so their references agree."""
+    by_seed = {r.get("seed"): r["reference"] for r in runs if r.get("reference")}
+    return [by_seed[seed] for seed in sorted(by_seed, key=str)]
+
+
 def classification_table(runs: list[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per tokenizer (paper order): seeds, mean and std (sample std, 0 for one seed) of each metric, in %."""
     frame = pd.DataFrame([{"tokenizer": r["tokenizer"], "seed": r["seed"],
                            **{m: 100.0 * float(r[m]) for m in METRICS},
-                           "params": r.get("params"), "epochs": (r.get("settings") or {}).get("epochs"),
+                           "params": r.get("params"),
+                           "epochs": r.get("epochs_run", (r.get("settings") or {}).get("epochs")),
                            "train_items": r.get("train_items"), "test_items": r.get("test_items"),
                            "seconds": r.get("seconds")} for r in runs])
     duplicated = frame[frame.duplicated(["tokenizer", "seed"], keep=False)]
@@ -67,6 +77,16 @@ def classification_table(runs: list[Mapping[str, Any]]) -> pd.DataFrame:
         row["test_items"] = group["test_items"].iloc[0]
         row["seconds_mean"] = float(group["seconds"].astype(float).mean())
         rows.append(row)
+    references = seed_references(runs)
+    if references:
+        row = {"tokenizer": REFERENCE, "method": f"no learning ({references[0]['rule']})",
+               "seeds": len(references), "seed_list": ""}
+        for metric in METRICS:
+            values = np.array([100.0 * float(ref[metric]) for ref in references])
+            row[f"{metric}_mean"], row[f"{metric}_std"] = float(values.mean()), float(values.std())
+        row.update(params=0, epochs=0, train_items=rows[-1]["train_items"], test_items=rows[-1]["test_items"],
+                   seconds_mean=0.0)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -76,7 +96,9 @@ def table_markdown(table: pd.DataFrame) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
         cells = [f"{getattr(row, m + '_mean'):.2f} ± {getattr(row, m + '_std'):.2f}" for m in METRICS]
-        lines.append(f"| {row.method} | {row.seeds} | {' | '.join(cells)} | {int(row.params):,} | {row.epochs} | "
+        trained = row.tokenizer != REFERENCE
+        lines.append(f"| {row.method} | {row.seeds if trained else '–'} | {' | '.join(cells)} | "
+                     f"{f'{int(row.params):,}' if trained else '–'} | {row.epochs if trained else '–'} | "
                      f"{row.train_items} / {row.test_items} |")
     return "\n".join(lines) + "\n"
 

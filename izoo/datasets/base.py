@@ -347,12 +347,20 @@ def sorted_dirs(path: Path) -> list[Path]:
     return [path / name for name in sorted(names)]
 
 
-def sorted_images(path: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
-    """Image files directly in ``path`` in a stable (name) order, hidden ones left out."""
+def sorted_image_names(path: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[str]:
+    """Names of the image files directly in ``path`` in a stable order, hidden ones left out.
+
+    Names, not paths: building 1.4 M ``Path`` objects costs more than the ImageNet directory scan itself.
+    """
     with os.scandir(path) as entries:
         names = [e.name for e in entries if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower()
                  in suffixes and e.is_file()]
-    return [path / name for name in sorted(names)]
+    return sorted(names)
+
+
+def sorted_images(path: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Image files directly in ``path`` in a stable (name) order, hidden ones left out."""
+    return [path / name for name in sorted_image_names(path, suffixes)]
 
 
 def to_float_image(img: Image.Image) -> torch.Tensor:

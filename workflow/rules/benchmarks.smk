@@ -6,8 +6,13 @@ def bench_archive(name, split_key):
     return f"{R}/{b['dataset']}/archive/{b[split_key]}.h5"
 
 
-def bench_settings(name):
-    return json.dumps(bench_cfg(name)["settings"], sort_keys=True, separators=(",", ":"))
+def bench_settings(name, **overrides):
+    return json.dumps({**bench_cfg(name)["settings"], **overrides}, sort_keys=True, separators=(",", ":"))
+
+
+def pose_job_settings(name, variant):
+    """Settings of one pose training job: the benchmark's, with the variant's pre-training / refinement flags."""
+    return bench_settings(name, **pose_training_jobs(bench_cfg(name)["variants"])[variant])
 
 
 def bench_command(name):
@@ -42,14 +47,15 @@ rule bench_pose:
         archive=lambda w: f"{R}/{bench_cfg(w.bench)['dataset']}/archive/all.h5",
         kept=lambda w: f"{R}/{bench_cfg(w.bench)['dataset']}/reports/kept_scenes.csv",
     output:
-        f"{R}/benchmarks/{{bench}}/pose-{{tokenizer}}-seed{{seed}}.json",
+        f"{R}/benchmarks/{{bench}}/pose-{{variant}}-{{tokenizer}}-seed{{seed}}.json",
     wildcard_constraints:
+        variant="plain|pretrain",
         tokenizer="uniform|lc|lp|lp_reg",
         seed=r"\d+",
     params:
-        settings=lambda w: bench_settings(w.bench),
+        settings=lambda w: pose_job_settings(w.bench, w.variant),
     log:
-        f"{L}/benchmarks/{{bench}}/pose-{{tokenizer}}-seed{{seed}}.log",
+        f"{L}/benchmarks/{{bench}}/pose-{{variant}}-{{tokenizer}}-seed{{seed}}.log",
     conda:
         "../../envs/izoo.yaml"
     shell:

@@ -3,6 +3,7 @@
 import json
 import sys
 
+from izoo.benchmarks.variants import pose_training_jobs
 from izoo.config import dataset_json, enabled_datasets, validate_config
 from izoo.errors import IzooError
 
@@ -160,7 +161,8 @@ def bench_cfg(name):
 def bench_runs(name):
     b = bench_cfg(name)
     if b["task"] == "pose":
-        return [f"{R}/benchmarks/{name}/pose-{tok}-seed{seed}.json" for tok in b["tokenizers"] for seed in b["seeds"]]
+        return [f"{R}/benchmarks/{name}/pose-{variant}-{tok}-seed{seed}.json"
+                for variant in pose_training_jobs(b["variants"]) for tok in b["tokenizers"] for seed in b["seeds"]]
     return [f"{R}/benchmarks/{name}/{tok}-seed{seed}.json" for tok in b["tokenizers"] for seed in b["seeds"]]
 
 

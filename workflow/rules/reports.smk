@@ -64,7 +64,8 @@ rule summary:
     """The paper's Table 1 for every dataset built here: items, model, GPU-hours, size, mean PSNR."""
     input:
         summaries=expand(f"{R}/{{ds}}/reports/summary.json", ds=DATASETS),
-        scene_filters=[f"{R}/{ds}/reports/kept_scenes.csv" for ds in DATASETS if is_nerf(ds)],
+        scene_filters=[f"{R}/{ds}/reports/{name}" for ds in DATASETS if is_nerf(ds)
+                       for name in ("kept_scenes.csv", "dropped_scenes.csv")],
     output:
         md=report(f"{R}/summary.md", category="Summary"),
         csv=f"{R}/summary.csv",
@@ -73,4 +74,4 @@ rule summary:
     conda:
         "../../envs/izoo.yaml"
     shell:
-        "izoo summary --inputs {input.summaries} --out-md {output.md} --out-csv {output.csv} 2> {log} | tee -a {log}"
+        "izoo summary --inputs {input.summaries} --scene-filters {input.scene_filters} --out-md {output.md} --out-csv {output.csv} 2> {log} | tee -a {log}"
