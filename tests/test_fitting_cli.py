@@ -101,7 +101,9 @@ def test_runtime_deadline_saves_and_exits_75(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
-def test_sigterm_saves_exits_75_and_resumes(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_exits_75_and_resumes(tmp_path, signum):
+    """SIGTERM (SLURM) and SIGINT (Ctrl-C) both save the in-flight batch and exit 75, no traceback."""
     cfg, manifest = _dataset(tmp_path, iterations=1000)
     work = tmp_path / "work/basic/train-00000"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -114,16 +116,19 @@ def test_sigterm_saves_exits_75_and_resumes(tmp_path):
             deadline = time.monotonic() + 60
             while not (work / "batch-00001.ckpt").exists() and time.monotonic() < deadline:
                 time.sleep(0.01)   # signal inside batch 2 (between batches there is no checkpoint to test)
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             break
     lines += proc.stderr.readlines()
     assert proc.wait(timeout=120) == 75, "".join(lines)
-    assert any("batch 2/2 interrupted (signal SIGTERM)" in line for line in lines), "".join(lines)
+    assert any(f"batch 2/2 interrupted (signal {signum.name})" in line for line in lines), "".join(lines)
+    assert not any("Traceback" in line for line in lines), "".join(lines)
     assert (work / "batch-00000.h5").exists() and (work / "batch-00001.ckpt").exists()
 
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "batch 1/2 reused from work dir" in done.stderr and "batch 2/2 fitted" in done.stderr
+    # the log says the in-flight batch went on from its checkpoint instead of starting over
+    assert f"batch 2/2 resumed from its in-batch checkpoint {work / 'batch-00001.ckpt'}" in done.stderr, done.stderr
     assert (tmp_path / "fit/basic/train-00000.h5").exists() and not (work / "batch-00001.ckpt").exists()
 
 
@@ -137,6 +142,15 @@ def test_sigusr1_and_deadline_request_a_stop():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGUSR1) != stop._handle
+    # Ctrl-C asks for a stop too; pressed again it interrupts at once
+    stop = StopControl().install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.should_stop() and stop.reason == "signal SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
     # a 10-minute job stops itself 90 s early; a 1-minute job at 80 % of its time
     assert 505 < StopControl(10).deadline - time.monotonic() <= 510
     assert 47 < StopControl(1).deadline - time.monotonic() <= 48

@@ -1,7 +1,7 @@
 """``izoo fit`` and ``izoo plan-refinement``: the fitting commands the Snakemake workflow runs.
 
 Exit codes: 0 done (items below the gate are reported, not an error); 2 a user-facing error (one line on
-stderr); 75 stopped early by SIGTERM/SIGUSR1 or ``--runtime-minutes`` with progress saved in ``--workdir``
+stderr); 75 stopped early by SIGTERM/SIGUSR1/SIGINT (Ctrl-C) or ``--runtime-minutes`` with progress saved in ``--workdir``
 (rerun the same command to resume).
 """
 

@@ -45,9 +45,11 @@ PHASE_REPORT = "phase_report."   # prefix of the per-batch report extras (work d
 
 
 class StopControl:
-    """Turns SIGTERM/SIGUSR1 (what SLURM sends before a time limit) and a runtime deadline into a stop request."""
+    """Turns SIGTERM/SIGUSR1 (what SLURM sends before a time limit), SIGINT (Ctrl-C) and a runtime deadline into
+    a stop request. A second Ctrl-C after the first raises ``KeyboardInterrupt`` (the user insists)."""
 
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None),
+                                getattr(signal, "SIGINT", None)) if s is not None)
 
     def __init__(self, runtime_minutes: float | None = None):
         self.deadline = None
@@ -73,6 +75,8 @@ class StopControl:
         self._previous.clear()
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and self.reason is not None:
+            raise KeyboardInterrupt
         self.reason = f"signal {signal.Signals(signum).name}"
 
     def should_stop(self) -> bool:
@@ -242,7 +246,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         if phase != "basic":
             init, prev_iters, prev_secs = _load_init(batch, names)
         ckpt = BatchCheckpoint(workdir / f"batch-{k:05d}.ckpt", fingerprint=fp, should_stop=should_stop,
-                               warn=lambda m: emit(f"warning: {m}"))
+                               warn=lambda m: emit(f"warning: {m}"), note=lambda m: emit(f"{label} {m}"))
         try:
             res = family.fit_batch(samples, init, seeds, settings, device, ckpt, meter.step)
         except engine.FitInterrupted:
