@@ -135,3 +135,27 @@ def test_plan_with_no_failures_has_no_jobs(tmp_path):
     pd.DataFrame({"index": [0, 1], "passed": [True, True]}).to_csv(tmp_path / "r.csv", index=False)
     assert refine.plan_refinement([tmp_path / "r.csv"], "extended", 8) == {"phase": "extended", "n_failing": 0,
                                                                           "jobs": {}}
+
+
+def test_plan_over_several_reports_packs_every_failing_item_in_manifest_order(tmp_path):
+    """Failing items of *every* report (not only the last one), sorted by index across reports, dense jobs."""
+    reports = {  # shard → (index, passed); the reports come in an order that is not the index order
+        "train-00001": [(4, False), (5, True), (6, False), (7, False)],
+        "test-00000": [(8, False), (9, True)],
+        "train-00000": [(0, True), (1, False), (2, True), (3, False)],
+    }
+    paths = []
+    for shard, rows in reports.items():
+        pd.DataFrame(rows, columns=["index", "passed"]).to_csv(tmp_path / f"{shard}.csv", index=False)
+        (tmp_path / f"{shard}.h5").write_bytes(b"")   # plan-refinement only checks the weights file exists
+        paths.append(tmp_path / f"{shard}.csv")
+    plan = refine.plan_refinement(paths, "extended", job_size=2)
+
+    def w(shard):
+        return str(tmp_path / f"{shard}.h5")
+
+    assert plan == {"phase": "extended", "n_failing": 6, "jobs": {
+        "job-0000": [{"index": 1, "init": w("train-00000")}, {"index": 3, "init": w("train-00000")}],
+        "job-0001": [{"index": 4, "init": w("train-00001")}, {"index": 6, "init": w("train-00001")}],
+        "job-0002": [{"index": 7, "init": w("train-00001")}, {"index": 8, "init": w("test-00000")}],
+    }}
