@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
+from izoo.config import check_dataset_entry
 from izoo.errors import IzooError
-from izoo.jsonargs import load_json_object
+from izoo.jsonargs import json_file_of, load_json_object
 from izoo.fitting import engine, refine
 from izoo.fitting.phases import PHASES
 from izoo.fitting.progress import emit
@@ -33,20 +34,27 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return load_manifest(path)
 
 
-def sample_loader(dataset_cfg: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]:
+def config_source(value: str) -> str:
+    """Where a ``--dataset-config`` came from, for error messages: its file, else the option itself."""
+    return str(json_file_of(value) or "--dataset-config")
+
+
+def sample_loader(dataset_cfg: Mapping[str, Any], source: str = "--dataset-config") -> Callable[[Mapping[str, Any]], Any]:
     """``load(manifest_row) -> Sample`` of the dataset's source (``izoo.datasets.open_source``)."""
     try:
         from izoo.datasets import open_source
     except ImportError as exc:
         raise IzooError(f"izoo.datasets is unavailable ({exc})", None, "reinstall izoo (pip install -e .)") from exc
     if "source" not in dataset_cfg:
-        raise IzooError("dataset config has no source: section", "config.yaml", "add source: {format, root, ...}")
+        raise IzooError("dataset config has no source: section", source, "add source: {format, root, ...}")
     return open_source(dataset_cfg["source"]).load
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit one shard (basic) or one refinement job (extended / until_threshold)."""
     cfg = parse_dataset_config(args.dataset_config)
+    source = config_source(args.dataset_config)
+    check_dataset_entry(cfg, source)   # a typo or bad value stops the job before it fits anything
     manifest = read_manifest(args.manifest)
     if args.phase == "basic":
         if not args.shard:
@@ -65,7 +73,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         items = refine.job_items(plan, args.job, manifest, args.plan)
     stop = StopControl(args.runtime_minutes).install()
     try:
-        out = fit_shard(items, sample_loader(cfg), cfg, args.workdir, args.phase, dataset=args.dataset, stop=stop)
+        out = fit_shard(items, sample_loader(cfg, source), cfg, args.workdir, args.phase, dataset=args.dataset, stop=stop)
     except engine.FitInterrupted as exc:
         emit(f"stopped: {stop.reason or exc}; progress kept in {args.workdir}; rerun the same command to resume "
              f"(exit {EXIT_INTERRUPTED})")
