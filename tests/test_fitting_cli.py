@@ -164,3 +164,57 @@ def test_plan_refinement_without_reports_writes_an_empty_plan(tmp_path):
     assert rc == 0
     plan = json.loads(out.read_text())
     assert plan["jobs"] == {} and plan["n_failing"] == 0
+
+
+def _demo_source(tmp_path: Path, kind: str) -> dict:
+    """A small demo source (official layout) and its config, for the bad-item round trips below."""
+    from izoo.datasets.demo import make_cifar10, make_cityscapes
+
+    if kind == "cityscapes":
+        root = make_cityscapes(tmp_path / "src", seed=0, cities={"train": {"aachen": 3}})
+        return {"format": "cityscapes", "root": str(root), "splits": ["train"], "size": [16, 32]}
+    make_cifar10(tmp_path / "src", seed=0, n_per_class=5, n_test_per_class=1)
+    return {"format": "cifar10", "root": str(tmp_path / "src"), "splits": ["train"], "max_items": 20}
+
+
+def _damage(source: dict, kind: str) -> Path:
+    """Break one item after the manifest was built, in a way its default check does not see."""
+    if kind == "cityscapes":
+        label = sorted(Path(source["root"], "gtFine", "train", "aachen").glob("*_labelIds.png"))[0]
+        ids = np.asarray(Image.open(label)).copy()
+        ids[0, 0] = 50   # out of range: only decoding every label id finds it
+        Image.fromarray(ids).save(label)
+        return label
+    batch = Path(source["root"]) / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(batch.read_bytes()[:5000])
+    return batch
+
+
+@pytest.mark.parametrize("kind", ["cityscapes", "cifar10"])
+def test_bad_item_found_by_fit_names_a_fix_that_works(tmp_path, capsys, kind):
+    """An item that breaks only at fit time: the error's fix, followed literally, gets the next fit through."""
+    source = _demo_source(tmp_path, kind)
+    cfg = {"source": source, "model": {"family": "siren", "depth": 2, "width": 8},
+           "fit": {"batch_size": 8, "iterations": 2, "check_every": 1, "device": "cpu", "compile": "off"}}
+
+    def manifest() -> Path:
+        assert main(["manifest", "--dataset", "d", "--dataset-config", json.dumps(cfg), "--out-dir",
+                     str(tmp_path / "res"), "--shard-size", "64"]) == 0
+        return tmp_path / "res" / "manifest.csv"
+
+    args = _fit_args(cfg, manifest(), tmp_path)
+    bad_file = _damage(source, kind)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(bad_file) in err and "fix:" in err, err
+    fix = err.split("fix:", 1)[1]
+    assert "source.on_bad_item: skip" in fix and "manifest" in fix, fix
+    # the fix names every setting it takes: the default header check never decodes Cityscapes label ids
+    assert ("source.validate: full" in fix) == (kind == "cityscapes"), fix
+    cfg["source"]["on_bad_item"] = "skip"
+    if "source.validate: full" in fix:
+        cfg["source"]["validate"] = "full"
+    args = _fit_args(cfg, manifest(), tmp_path)
+    assert main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / "res" / "bad_items.csv").read_text().count("\n") >= 2   # the item is listed as left out

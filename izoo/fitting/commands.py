@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from izoo.config import check_dataset_entry
-from izoo.errors import IzooError
+from izoo.errors import BadItemError, IzooError
 from izoo.jsonargs import json_file_of, load_json_object
 from izoo.fitting import engine, refine
 from izoo.fitting.phases import PHASES
@@ -47,7 +47,15 @@ def sample_loader(dataset_cfg: Mapping[str, Any], source: str = "--dataset-confi
         raise IzooError(f"izoo.datasets is unavailable ({exc})", None, "reinstall izoo (pip install -e .)") from exc
     if "source" not in dataset_cfg:
         raise IzooError("dataset config has no source: section", source, "add source: {format, root, ...}")
-    return open_source(dataset_cfg["source"]).load
+    dataset = open_source(dataset_cfg["source"])
+
+    def load(row: Mapping[str, Any]) -> Any:
+        try:
+            return dataset.load(row)
+        except BadItemError as exc:   # the reader's fix assumes a manifest build, which is over by now
+            raise BadItemError(exc.what, exc.path, dataset.fix_after_manifest()) from exc
+
+    return load
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

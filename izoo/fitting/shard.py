@@ -178,6 +178,8 @@ def _verify_batch(path: Path, fp: str, batch: pd.DataFrame, shapes: Mapping[str,
         return None, "it was made with other settings or items"
     if inr.items["index"].tolist() != [int(i) for i in batch["index"]]:
         return None, "its items differ from the batch"
+    if inr.items["item_id"].astype(str).tolist() != batch["item_id"].astype(str).tolist():
+        return None, "its item ids differ from the manifest's (the manifest was rebuilt)"
     for name, shape in shapes.items():
         if name not in inr.params or tuple(inr.params[name].shape) != (len(batch), *shape):
             return None, f"params/{name} is missing or has the wrong shape"
