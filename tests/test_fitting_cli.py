@@ -218,3 +218,33 @@ def test_bad_item_found_by_fit_names_a_fix_that_works(tmp_path, capsys, kind):
     args = _fit_args(cfg, manifest(), tmp_path)
     assert main(args) == 0, capsys.readouterr().err
     assert (tmp_path / "res" / "bad_items.csv").read_text().count("\n") >= 2   # the item is listed as left out
+
+
+@pytest.mark.parametrize("killed_at", ["csv", "h5"])
+def test_fit_killed_while_writing_its_output_leaves_no_finished_looking_file(tmp_path, killed_at):
+    """SIGKILL while the report or the weights file is being written: the weights file (the job's product,
+    written last) never exists without its report, nothing half-written has a final name, and the same
+    command then finishes from the work dir and clears the dead process's temp file."""
+    cfg, manifest = _dataset(tmp_path, n=4, iterations=5)
+    args = _fit_args(cfg, manifest, tmp_path)
+    out = tmp_path / "fit" / "basic"
+    victim = f".train-00000.{killed_at}.tmp-"
+    # Python's audit hook sees every open(): the report's temp is opened to be written, the weights' temp
+    # (written by HDF5 in C) is opened once more to be fsynced before its rename
+    code = ("import os, signal, sys\n"
+            f"def hook(event, a):\n    if event == 'open' and {victim!r} in str(a[0]): os.kill(os.getpid(), signal.SIGKILL)\n"
+            "sys.addaudithook(hook)\nfrom izoo.cli import main\n"
+            f"sys.exit(main({args!r}))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (out / "train-00000.h5").exists()
+    assert (out / "train-00000.csv").exists() == (killed_at == "h5")   # a report alone is not a finished job
+    if killed_at == "h5":   # killed at the fsync of the complete temp file, which stays behind
+        assert [p.name for p in out.iterdir() if p.name.startswith(victim)]
+
+    done = subprocess.run([sys.executable, "-m", "izoo", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "batch 1/2 reused from work dir" in done.stderr and "batch 2/2 reused from work dir" in done.stderr
+    assert layout.read_inr_file(out / "train-00000.h5").params["layer0.weight"].shape == (4, 8, 2)
+    assert sorted(p.name for p in out.iterdir()) == ["train-00000.csv", "train-00000.h5"]

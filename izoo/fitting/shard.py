@@ -97,9 +97,10 @@ class ShardOutput:
     report: pd.DataFrame
 
     def write(self, weights_path: str | Path, report_path: str | Path) -> None:
-        """Write the weights file and the report CSV, each atomically."""
-        layout.write_inr_file(weights_path, self.params, self.items, self.attrs, self.extras)
+        """Write the report CSV, then the weights file, each atomically: the weights file (the job's product)
+        exists only once its report does, so a job killed between the two never looks finished."""
         write_report(self.report, report_path)
+        layout.write_inr_file(weights_path, self.params, self.items, self.attrs, self.extras)
 
 
 def write_report(report: pd.DataFrame, path: str | Path) -> Path:
