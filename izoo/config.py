@@ -29,7 +29,8 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
         with open(path) as fh:
             return yaml.safe_load(fh)
     except FileNotFoundError as exc:
-        raise IzooError("the config schema is missing", path, "install izoo from its repository (pip install -e .)") from exc
+        raise IzooError("the config schema is missing", path,
+                        "install izoo from its repository (pip install -e .)") from exc
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -112,7 +113,8 @@ def check_dataset_entry(entry: Mapping[str, Any], source: str) -> None:
     except ImportError:
         problem = _plain_problem(dataset_schema, value, (), dataset_schema)
     else:
-        err = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(dataset_schema).iter_errors(value))
+        validator = jsonschema.validators.validator_for(schema)(dataset_schema)
+        err = jsonschema.exceptions.best_match(validator.iter_errors(value))
         problem = None if err is None else _jsonschema_problem(err)
     if problem is not None:
         raise _config_error(problem, source)
@@ -129,7 +131,8 @@ def _is_type(value: Any, name: str) -> bool:
     return isinstance(value, _JSON_TYPES[name])
 
 
-def _plain_problem(schema: Mapping[str, Any], value: Any, where: tuple[str, ...], root: Mapping[str, Any]) -> _Problem | None:
+def _plain_problem(schema: Mapping[str, Any], value: Any, where: tuple[str, ...],
+                   root: Mapping[str, Any]) -> _Problem | None:
     """The first problem of ``value`` under ``schema``, for the keywords the config schema uses (or None)."""
     for problem in _plain_problems(schema, value, where, root):
         return problem

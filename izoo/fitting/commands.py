@@ -1,8 +1,8 @@
 """``izoo fit`` and ``izoo plan-refinement``: the fitting commands the Snakemake workflow runs.
 
 Exit codes: 0 done (items below the gate are reported, not an error); 2 a user-facing error (one line on
-stderr); 75 stopped early by SIGTERM/SIGUSR1/SIGINT (Ctrl-C) or ``--runtime-minutes`` with progress saved in ``--workdir``
-(rerun the same command to resume).
+stderr); 75 stopped early by SIGTERM/SIGUSR1/SIGINT (Ctrl-C) or ``--runtime-minutes`` with progress saved in
+``--workdir`` (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def config_source(value: str) -> str:
     return str(json_file_of(value) or "--dataset-config")
 
 
-def sample_loader(dataset_cfg: Mapping[str, Any], source: str = "--dataset-config") -> Callable[[Mapping[str, Any]], Any]:
+def sample_loader(dataset_cfg: Mapping[str, Any],
+                  source: str = "--dataset-config") -> Callable[[Mapping[str, Any]], Any]:
     """``load(manifest_row) -> Sample`` of the dataset's source (``izoo.datasets.open_source``)."""
     try:
         from izoo.datasets import open_source
@@ -81,7 +82,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         items = refine.job_items(plan, args.job, manifest, args.plan)
     stop = StopControl(args.runtime_minutes).install()
     try:
-        out = fit_shard(items, sample_loader(cfg, source), cfg, args.workdir, args.phase, dataset=args.dataset, stop=stop)
+        out = fit_shard(items, sample_loader(cfg, source), cfg, args.workdir, args.phase, dataset=args.dataset,
+                        stop=stop)
     except engine.FitInterrupted as exc:
         emit(f"stopped: {stop.reason or exc}; progress kept in {args.workdir}; rerun the same command to resume "
              f"(exit {EXIT_INTERRUPTED})")
