@@ -25,14 +25,14 @@ include: "workflow/rules/benchmarks.smk"
 
 rule all:
     input:
-        dataset_targets(),
+        dataset_targets,
         benchmark_targets(),
     default_target: True
 
 
 rule datasets:
     input:
-        dataset_targets(),
+        dataset_targets,
 
 
 rule benchmarks:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Iterator
 
 from izoo.errors import IzooError
+
+log = logging.getLogger(__name__)
 
 
 #: safety margin on top of a write's estimated size (HDF5 metadata, filesystem blocks): 64 KiB + 5 %
@@ -43,15 +46,41 @@ def ensure_free_space(path: str | Path, needed_bytes: int) -> None:
                         "free disk space (or point results/work at a larger filesystem) and rerun; finished files are kept")
 
 
+def _temp_path(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.tmp-{pid}")
+
+
+def remove_stale_temps(path: str | Path) -> None:
+    """Delete temporaries of ``path`` left by killed writers (their process is gone); a live writer's is kept."""
+    path = Path(path)
+    for tmp in path.parent.glob(_temp_path(path, 0).name[:-1] + "*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        log.warning("deleting %s left by a write that was killed", tmp)
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure delete it.
 
     A full disk (ENOSPC) becomes a one-line ``IzooError`` naming the file; nothing already written is touched.
+    A temporary of ``path`` left by a killed writer is deleted first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temps(path)
+    tmp = _temp_path(path, os.getpid())
     try:
         yield tmp
         with open(tmp, "rb") as fh:

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, run, turn ``IzooError`` into one line on stderr and exit status 2."""
+    """Entry point: parse, run, turn ``IzooError`` into one line on stderr and exit status 2 (Ctrl-C: 130)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     except IzooError as exc:
         print(f"izoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # every output is written atomically, so nothing half-written is left; 130 = 128 + SIGINT
+        print(f"izoo {args.command}: interrupted (Ctrl-C); finished files are kept, rerun the same command",
+              file=sys.stderr)
+        return 130
     return int(rc or 0)
 
 

@@ -1,24 +1,36 @@
-"""Pipeline configuration: defaults filled from the JSON schema, then validated with one-line errors."""
+"""Pipeline configuration: defaults filled from the JSON schema, then validated with one-line errors.
+
+The workflow validates the merged YAML with jsonschema (``validate_config``, which also fills defaults).
+``izoo fit`` checks its ``--dataset-config`` against the same schema's dataset entry (``check_dataset_entry``):
+with jsonschema where it is installed, else with ``_plain_problem``, a small check of the keywords this schema
+uses, because the fitting path must run where jsonschema is not installed (the GPU machines). jsonschema is
+therefore imported lazily, never at module import.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-import jsonschema
 import yaml
 
 from izoo.errors import IzooError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_NAME = "workflow/schemas/config.schema.yaml"
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
     """The config JSON schema (YAML on disk)."""
-    with open(path) as fh:
-        return yaml.safe_load(fh)
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError as exc:
+        raise IzooError("the config schema is missing", path,
+                        "install izoo from its repository (pip install -e .)") from exc
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -26,6 +38,8 @@ def _with_defaults(validator_class: type) -> type:
 
     jsonschema deliberately does not fill defaults; this is the extension pattern from its FAQ.
     """
+    import jsonschema
+
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):  # noqa: ANN001 - jsonschema hook signature
@@ -38,12 +52,40 @@ def _with_defaults(validator_class: type) -> type:
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def _where(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+@dataclass
+class _Problem:
+    """The first thing wrong with a config: where (dotted path), what, and for an unknown key the known ones."""
+
+    where: tuple[str, ...]
+    message: str
+    unknown: str | None = None
+    known: tuple[str, ...] = ()
+
+
+def _config_error(problem: _Problem, source: str, prefix: tuple[str, ...] = ()) -> IzooError:
+    """The one-line error for ``problem`` in the config that came from ``source``."""
+    where = ".".join((*prefix, *problem.where)) or "(top level)"
+    if problem.unknown is not None:
+        return IzooError(f"unknown key {problem.unknown!r} in {where} (a typo?)", source,
+                         f"correct or remove it; {where} takes only {', '.join(problem.known)}")
+    return IzooError(f"bad config value at {where}: {problem.message}", source,
+                     f"change {where} in {source} (allowed values: see {SCHEMA_NAME})")
+
+
+def _jsonschema_problem(error: Any) -> _Problem:
+    where = tuple(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = tuple(sorted(error.schema.get("properties", {})))
+        unknown = sorted(k for k in error.instance if k not in known)
+        if unknown:
+            return _Problem(where, error.message, unknown[0], known)
+    return _Problem(where, error.message)
 
 
 def validate_config(config: Mapping[str, Any], source: str = "config.yaml", schema: dict | None = None) -> dict:
-    """Return a copy of ``config`` with defaults filled; a bad value raises a one-line ``IzooError``."""
+    """Return a copy of ``config`` with defaults filled; a bad value or unknown key raises a one-line ``IzooError``."""
+    import jsonschema
+
     schema = schema or load_schema()
     filled = json.loads(json.dumps(config))  # deep copy and plain types only
     validator_cls = _with_defaults(jsonschema.validators.validator_for(schema))
@@ -58,10 +100,93 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml", sche
     # the properties hook fills a default before descending into it, so one pass fills nested defaults too
     err = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(filled))
     if err is not None:
-        raise IzooError(f"bad config value at {_where(err)}: {err.message}", source,
-                        f"change {_where(err)} in {source} (allowed values: see workflow/schemas/config.schema.yaml)")
+        raise _config_error(_jsonschema_problem(err), source)
     _check_cross_fields(filled, source)
     return filled
+
+
+def check_dataset_entry(entry: Mapping[str, Any], source: str) -> None:
+    """Check one dataset's config (one entry of ``datasets:``, as ``izoo fit`` gets it) against the schema.
+
+    Nothing is filled in; the first unknown key or bad value raises a one-line ``IzooError`` naming ``source``.
+    """
+    schema = load_schema()
+    dataset_schema = {**schema["$defs"]["dataset"], "$defs": schema["$defs"]}
+    value = json.loads(json.dumps(entry))
+    try:
+        import jsonschema
+    except ImportError:
+        problem = _plain_problem(dataset_schema, value, (), dataset_schema)
+    else:
+        validator = jsonschema.validators.validator_for(schema)(dataset_schema)
+        err = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        problem = None if err is None else _jsonschema_problem(err)
+    if problem is not None:
+        raise _config_error(problem, source)
+
+
+_JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name in ("number", "integer"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return name == "number" or float(value).is_integer()
+    return isinstance(value, _JSON_TYPES[name])
+
+
+def _plain_problem(schema: Mapping[str, Any], value: Any, where: tuple[str, ...],
+                   root: Mapping[str, Any]) -> _Problem | None:
+    """The first problem of ``value`` under ``schema``, for the keywords the config schema uses (or None)."""
+    for problem in _plain_problems(schema, value, where, root):
+        return problem
+    return None
+
+
+def _plain_problems(schema: Mapping[str, Any], value: Any, where: tuple[str, ...],
+                    root: Mapping[str, Any]) -> Iterator[_Problem]:
+    if "$ref" in schema:
+        target: Any = root
+        for part in str(schema["$ref"]).removeprefix("#/").split("/"):
+            target = target[part]
+        yield from _plain_problems(target, value, where, root)
+    types = schema.get("type")
+    if types is not None:
+        names = [types] if isinstance(types, str) else list(types)
+        if not any(_is_type(value, t) for t in names):
+            yield _Problem(where, f"{value!r} is not of type {' or '.join(map(repr, names))}")
+            return
+    if "enum" in schema and value not in schema["enum"]:
+        yield _Problem(where, f"{value!r} is not one of {schema['enum']}")
+        return
+    if _is_type(value, "number"):
+        if "minimum" in schema and value < schema["minimum"]:
+            yield _Problem(where, f"{value!r} is less than the minimum of {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            yield _Problem(where, f"{value!r} is greater than the maximum of {schema['maximum']}")
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            yield _Problem(where, f"{value!r} is less than or equal to the minimum of {schema['exclusiveMinimum']}")
+    if isinstance(value, str) and len(value) < schema.get("minLength", 0):
+        yield _Problem(where, f"{value!r} is too short")
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            yield _Problem(where, f"{value!r} should have at least {schema['minItems']} items")
+        for k, item in enumerate(value):
+            yield from _plain_problems(schema.get("items", {}), item, (*where, str(k)), root)
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for key in schema.get("required", []):
+            if key not in value:
+                yield _Problem(where, f"{key!r} is a required property")
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in properties:
+                yield from _plain_problems(properties[key], item, (*where, key), root)
+            elif extra is False:
+                yield _Problem(where, f"unknown key {key!r}", key, tuple(sorted(properties)))
+            elif isinstance(extra, dict):
+                yield from _plain_problems(extra, item, (*where, key), root)
 
 
 #: per-family defaults that differ from the schema's (the schema's are the 2D SIREN ones)

@@ -53,8 +53,10 @@ def test_good_archive_passes(toy, archive, source_images, capsys):
     report = verify_archive(archive, manifest=toy.manifest, source_images=source_images, sample=6)
     assert report.ok, report.problems
     assert any("re-rendered 6 sampled items against their source images" in n for n in report.notes)
-    assert run_cli(["verify", str(archive), "--manifest", str(toy.manifest)]) == 0
-    assert capsys.readouterr().out.strip().endswith("OK")
+    out = archive.parent / "train.verified.txt"
+    assert run_cli(["verify", str(archive), "--manifest", str(toy.manifest), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip().endswith("OK") and out.read_text() == printed
 
 
 def test_nan_weight_is_caught(archive, tmp_path, capsys):
@@ -62,9 +64,11 @@ def test_nan_weight_is_caught(archive, tmp_path, capsys):
         h5["params/layer1.weight"][2, 0, 0] = np.nan
 
     bad = tampered(archive, tmp_path, poison)
-    assert run_cli(["verify", str(bad), "--sample", "0"]) == 1
+    assert run_cli(["verify", str(bad), "--sample", "0", "--out", str(tmp_path / "ok.txt")]) == 1
     out = capsys.readouterr().out
     assert "PROBLEM: params/layer1.weight has NaN/Inf weights in 1 items (index 2)" in out
+    assert f"{bad}: fix: delete {bad} and rerun" in out.splitlines()[-1]   # every failure says what to do
+    assert not (tmp_path / "ok.txt").exists()   # no OK file for a failed archive
 
 
 def test_changed_weights_or_psnr_are_caught_against_the_source(toy, archive, tmp_path, source_images):

@@ -101,7 +101,9 @@ def test_runtime_deadline_saves_and_exits_75(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
-def test_sigterm_saves_exits_75_and_resumes(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_exits_75_and_resumes(tmp_path, signum):
+    """SIGTERM (SLURM) and SIGINT (Ctrl-C) both save the in-flight batch and exit 75, no traceback."""
     cfg, manifest = _dataset(tmp_path, iterations=1000)
     work = tmp_path / "work/basic/train-00000"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -114,17 +116,19 @@ def test_sigterm_saves_exits_75_and_resumes(tmp_path):
             deadline = time.monotonic() + 60
             while not (work / "job.ckpt").exists() and time.monotonic() < deadline:
                 time.sleep(0.01)   # signal once the later items have a checkpoint to resume from
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             break
     lines += proc.stderr.readlines()
     assert proc.wait(timeout=120) == 75, "".join(lines)
-    assert any("job interrupted (signal SIGTERM)" in line for line in lines), "".join(lines)
+    assert any(f"job interrupted (signal {signum.name})" in line for line in lines), "".join(lines)
+    assert not any("Traceback" in line for line in lines), "".join(lines)
     assert (work / "group-00000.h5").exists() and (work / "job.ckpt").exists()
 
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "finished group(s) of" in done.stderr and "reused from work dir" in done.stderr
-    assert "resuming from in-job checkpoint" in done.stderr and "job fitted" in done.stderr
+    # the log says the items in flight went on from the checkpoint instead of starting over
+    assert f"job resumed from its checkpoint {work / 'job.ckpt'}" in done.stderr and "job fitted" in done.stderr
     assert (tmp_path / "fit/basic/train-00000.h5").exists() and not (work / "job.ckpt").exists()
 
 
@@ -138,6 +142,15 @@ def test_sigusr1_and_deadline_request_a_stop():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGUSR1) != stop._handle
+    # Ctrl-C asks for a stop too; pressed again it interrupts at once
+    stop = StopControl().install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.should_stop() and stop.reason == "signal SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
     # a 10-minute job stops itself 90 s early; a 1-minute job at 80 % of its time
     assert 505 < StopControl(10).deadline - time.monotonic() <= 510
     assert 47 < StopControl(1).deadline - time.monotonic() <= 48
@@ -151,3 +164,87 @@ def test_plan_refinement_without_reports_writes_an_empty_plan(tmp_path):
     assert rc == 0
     plan = json.loads(out.read_text())
     assert plan["jobs"] == {} and plan["n_failing"] == 0
+
+
+def _demo_source(tmp_path: Path, kind: str) -> dict:
+    """A small demo source (official layout) and its config, for the bad-item round trips below."""
+    from izoo.datasets.demo import make_cifar10, make_cityscapes
+
+    if kind == "cityscapes":
+        root = make_cityscapes(tmp_path / "src", seed=0, cities={"train": {"aachen": 3}})
+        return {"format": "cityscapes", "root": str(root), "splits": ["train"], "size": [16, 32]}
+    make_cifar10(tmp_path / "src", seed=0, n_per_class=5, n_test_per_class=1)
+    return {"format": "cifar10", "root": str(tmp_path / "src"), "splits": ["train"], "max_items": 20}
+
+
+def _damage(source: dict, kind: str) -> Path:
+    """Break one item after the manifest was built, in a way its default check does not see."""
+    if kind == "cityscapes":
+        label = sorted(Path(source["root"], "gtFine", "train", "aachen").glob("*_labelIds.png"))[0]
+        ids = np.asarray(Image.open(label)).copy()
+        ids[0, 0] = 50   # out of range: only decoding every label id finds it
+        Image.fromarray(ids).save(label)
+        return label
+    batch = Path(source["root"]) / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(batch.read_bytes()[:5000])
+    return batch
+
+
+@pytest.mark.parametrize("kind", ["cityscapes", "cifar10"])
+def test_bad_item_found_by_fit_names_a_fix_that_works(tmp_path, capsys, kind):
+    """An item that breaks only at fit time: the error's fix, followed literally, gets the next fit through."""
+    source = _demo_source(tmp_path, kind)
+    cfg = {"source": source, "model": {"family": "siren", "depth": 2, "width": 8},
+           "fit": {"batch_size": 8, "iterations": 2, "check_every": 1, "device": "cpu", "compile": "off"}}
+
+    def manifest() -> Path:
+        assert main(["manifest", "--dataset", "d", "--dataset-config", json.dumps(cfg), "--out-dir",
+                     str(tmp_path / "res"), "--shard-size", "64"]) == 0
+        return tmp_path / "res" / "manifest.csv"
+
+    args = _fit_args(cfg, manifest(), tmp_path)
+    bad_file = _damage(source, kind)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(bad_file) in err and "fix:" in err, err
+    fix = err.split("fix:", 1)[1]
+    assert "source.on_bad_item: skip" in fix and "manifest" in fix, fix
+    # the fix names every setting it takes: the default header check never decodes Cityscapes label ids
+    assert ("source.validate: full" in fix) == (kind == "cityscapes"), fix
+    cfg["source"]["on_bad_item"] = "skip"
+    if "source.validate: full" in fix:
+        cfg["source"]["validate"] = "full"
+    args = _fit_args(cfg, manifest(), tmp_path)
+    assert main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / "res" / "bad_items.csv").read_text().count("\n") >= 2   # the item is listed as left out
+
+
+@pytest.mark.parametrize("killed_at", ["csv", "h5"])
+def test_fit_killed_while_writing_its_output_leaves_no_finished_looking_file(tmp_path, killed_at):
+    """SIGKILL while the report or the weights file is being written: the weights file (the job's product,
+    written last) never exists without its report, nothing half-written has a final name, and the same
+    command then finishes from the work dir and clears the dead process's temp file."""
+    cfg, manifest = _dataset(tmp_path, n=4, iterations=5)
+    args = _fit_args(cfg, manifest, tmp_path)
+    out = tmp_path / "fit" / "basic"
+    victim = f".train-00000.{killed_at}.tmp-"
+    # Python's audit hook sees every open(): the report's temp is opened to be written, the weights' temp
+    # (written by HDF5 in C) is opened once more to be fsynced before its rename
+    code = ("import os, signal, sys\n"
+            f"def hook(event, a):\n    if event == 'open' and {victim!r} in str(a[0]): os.kill(os.getpid(), signal.SIGKILL)\n"
+            "sys.addaudithook(hook)\nfrom izoo.cli import main\n"
+            f"sys.exit(main({args!r}))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (out / "train-00000.h5").exists()
+    assert (out / "train-00000.csv").exists() == (killed_at == "h5")   # a report alone is not a finished job
+    if killed_at == "h5":   # killed at the fsync of the complete temp file, which stays behind
+        assert [p.name for p in out.iterdir() if p.name.startswith(victim)]
+
+    done = subprocess.run([sys.executable, "-m", "izoo", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "batch 1/2 reused from work dir" in done.stderr and "batch 2/2 reused from work dir" in done.stderr
+    assert layout.read_inr_file(out / "train-00000.h5").params["layer0.weight"].shape == (4, 8, 2)
+    assert sorted(p.name for p in out.iterdir()) == ["train-00000.csv", "train-00000.h5"]

@@ -72,7 +72,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, capsys):
     capsys.readouterr()
     resumed = fit_shard(_manifest(), _loader(), cfg, tmp_path / "b", "basic", dataset="demo")
     err = capsys.readouterr().err
-    assert "1 finished group(s) of 2 items reused from work dir" in err and "resuming from in-job checkpoint" in err
+    assert "1 finished group(s) of 2 items reused from work dir" in err and "job resumed from its checkpoint" in err
     assert "progress 5/5 items" in err and "mean PSNR" in err
     assert not (tmp_path / "b" / "job.ckpt").exists()
     for name, value in whole.params.items():
@@ -163,3 +163,38 @@ def test_plan_with_no_failures_has_no_jobs(tmp_path):
     pd.DataFrame({"index": [0, 1], "passed": [True, True]}).to_csv(tmp_path / "r.csv", index=False)
     assert refine.plan_refinement([tmp_path / "r.csv"], "extended", 8) == {"phase": "extended", "n_failing": 0,
                                                                           "jobs": {}}
+
+
+def test_plan_over_several_reports_packs_every_failing_item_in_manifest_order(tmp_path):
+    """Failing items of *every* report (not only the last one), sorted by index across reports, dense jobs."""
+    reports = {  # shard → (index, passed); the reports come in an order that is not the index order
+        "train-00001": [(4, False), (5, True), (6, False), (7, False)],
+        "test-00000": [(8, False), (9, True)],
+        "train-00000": [(0, True), (1, False), (2, True), (3, False)],
+    }
+    paths = []
+    for shard, rows in reports.items():
+        pd.DataFrame(rows, columns=["index", "passed"]).to_csv(tmp_path / f"{shard}.csv", index=False)
+        (tmp_path / f"{shard}.h5").write_bytes(b"")   # plan-refinement only checks the weights file exists
+        paths.append(tmp_path / f"{shard}.csv")
+    plan = refine.plan_refinement(paths, "extended", job_size=2)
+
+    def w(shard):
+        return str(tmp_path / f"{shard}.h5")
+
+    assert plan == {"phase": "extended", "n_failing": 6, "jobs": {
+        "job-0000": [{"index": 1, "init": w("train-00000")}, {"index": 3, "init": w("train-00000")}],
+        "job-0001": [{"index": 4, "init": w("train-00001")}, {"index": 6, "init": w("train-00001")}],
+        "job-0002": [{"index": 7, "init": w("train-00001")}, {"index": 8, "init": w("test-00000")}],
+    }}
+
+
+def test_batch_file_of_other_items_under_the_same_indices_is_refitted(tmp_path, capsys):
+    """A rebuilt manifest (an item left out) renumbers items: a batch file is reused only for the same item ids."""
+    fit_shard(_manifest(), _loader(), _dataset_cfg(), tmp_path, "basic")
+    shifted = _manifest()
+    shifted["item_id"] = [f"img{i + 1}" for i in range(N_ITEMS)]
+    capsys.readouterr()
+    fit_shard(shifted, _loader(), _dataset_cfg(), tmp_path, "basic")
+    err = capsys.readouterr().err
+    assert err.count("item ids differ from the manifest's") == 3 and "reused from work dir" not in err

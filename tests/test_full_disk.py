@@ -81,3 +81,22 @@ def test_merge_on_full_disk_fails_cleanly_from_the_cli(tmp_path, tiny_fs):
     assert len(error_lines) == 1 and str(out) in error_lines[0] and "disk space" in error_lines[0], proc.stderr
     assert not list(tiny_fs.iterdir())  # no archive that looks finished, no temp file
     assert layout.read_inr_file(shard).params["layer0.weight"].shape == (2000, 64, 2)  # input untouched
+
+
+def test_in_batch_checkpoint_on_full_disk_is_one_line_from_the_cli(tmp_path, tiny_fs):
+    """torch.save's own error on ENOSPC does not say so; izoo fit must still give one line, not a traceback."""
+    from test_fitting_cli import _dataset, _fit_args
+
+    cfg, manifest = _dataset(tmp_path, iterations=40)
+    cfg["model"]["width"] = 256   # the checkpoint of a 2-item batch (weights + Adam moments) is ~1.6 MB > 1 MiB
+    args = _fit_args(cfg, manifest, tmp_path)
+    args[args.index("--workdir") + 1] = str(tiny_fs / "work")
+    proc = subprocess.run([sys.executable, "-m", "izoo", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if "error" in line]
+    ckpt = tiny_fs / "work" / "batch-00000.ckpt"
+    assert len(error_lines) == 1 and str(ckpt) in error_lines[0] and "no space left" in error_lines[0], proc.stderr
+    assert "free disk space" in error_lines[0]
+    assert [p.name for p in (tiny_fs / "work").iterdir()] == []   # no temp file left behind

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -80,6 +81,35 @@ def test_refinement_runs_only_for_failing_items(finished_run):
 def test_second_run_does_nothing_even_after_a_touch(finished_run):
     work, _ = finished_run
     os.utime(work / "results" / DS / "manifest.csv")  # a timestamp touch must not trigger refits
+    proc = run_snakemake(work, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+
+
+def test_deleted_archive_is_rebuilt_and_a_failing_verify_says_why(finished_run):
+    """A deleted archive is rebuilt by a plain rerun; a failing verify keeps its problems and fix in its log.
+
+    Runs after the other checks of ``finished_run`` (pytest keeps file order) and leaves it complete again.
+    """
+    work, _ = finished_run
+    archive = work / "results" / DS / "archive"
+    (archive / "train.h5").unlink()        # e.g. removed by hand, or by a merge that failed
+    run_snakemake(work)
+    assert (archive / "train.h5").exists() and "OK" in (archive / "train.verified.txt").read_text()
+
+    with h5py.File(archive / "test.h5", "r+") as h5:   # a flag verify checks and merge does not rewrite
+        h5["items/passed"][0] = not h5["items/passed"][0]
+    (archive / "test.verified.txt").unlink()
+    proc = run_snakemake(work, check=False)
+    assert proc.returncode != 0
+    log = (work / "logs" / DS / "verify_test.log").read_text()
+    assert "PROBLEM: items/passed disagrees with psnr >= gate_psnr" in log, log
+    fix = [line for line in log.splitlines() if "fix:" in line]
+    assert fix and "delete" in fix[0] and str(Path("results") / DS / "archive" / "test.h5") in fix[0], log
+    assert not (archive / "test.verified.txt").exists()
+
+    (archive / "test.h5").unlink()         # what the fix says
+    run_snakemake(work)
+    assert "OK" in (archive / "test.verified.txt").read_text()
     proc = run_snakemake(work, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
 

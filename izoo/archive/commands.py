@@ -6,10 +6,14 @@ import argparse
 from pathlib import Path
 
 from izoo.archive.merge import merge_main
+from izoo.atomic import atomic_path
 
 
 def _verify_main(args: argparse.Namespace) -> int:
-    """``izoo verify``: print what was checked, then one line per problem; exit 1 when there is any."""
+    """``izoo verify``: print what was checked, one line per problem and the fix; exit 1 when there is any.
+
+    ``--out`` gets the same report, written (atomically) only when the archive passed.
+    """
     from izoo.archive.verify import verify_archive
 
     source_cfg = None
@@ -19,11 +23,11 @@ def _verify_main(args: argparse.Namespace) -> int:
         source_cfg = parse_dataset_config(args.dataset_config).get("source")
     report = verify_archive(args.archive, manifest=args.manifest, sample=args.sample, tolerance=args.tolerance,
                             seed=args.seed, source_cfg=source_cfg, device=args.device)
-    for note in report.notes:
-        print(f"{args.archive}: {note}")
-    for problem in report.problems:
-        print(f"{args.archive}: PROBLEM: {problem}")
-    print(f"{args.archive}: {'OK' if report.ok else f'FAILED ({len(report.problems)} problems)'}")
+    text = "\n".join(report.lines()) + "\n"
+    print(text, end="")
+    if report.ok and args.out is not None:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
     return 0 if report.ok else 1
 
 
@@ -61,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--tolerance", type=float, default=0.1, help="allowed |stored - re-rendered| PSNR in dB")
     verify.add_argument("--seed", type=int, default=0, help="seed of the item sample")
     verify.add_argument("--device", default="cpu", help="torch device for rendering")
+    verify.add_argument("--out", type=Path, default=None,
+                        help="also write the report to this file, only when the archive passed (the workflow's "
+                             "{split}.verified.txt)")
     verify.set_defaults(func=_verify_main)
 
     inspect = subparsers.add_parser("inspect", help="print an archive's summary (items, classes, PSNR, size)")

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from izoo.archive import layout
-from izoo.atomic import atomic_path, ensure_free_space
+from izoo.atomic import atomic_path, ensure_free_space, remove_stale_temps
 from izoo.errors import IzooError
 
 log = logging.getLogger(__name__)
@@ -200,25 +200,6 @@ def _decode_str(values: np.ndarray) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
-def _remove_stale_temps(out: Path) -> None:
-    """Delete temporaries of killed merges of ``out`` (their process is gone); a live merge's temp is kept."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-                continue  # still running
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        log.warning("deleting %s left by a merge that was killed", tmp)
-        tmp.unlink(missing_ok=True)
-
-
 def _merged_attrs(ref: _SourceFile, sources: Sequence[_SourceFile], dataset: str | None, split: str,
                   phase_counts: dict[str, int], virtual: bool, out: Path) -> dict[str, Any]:
     attrs = {k: v for k, v in ref.attrs.items() if k not in PER_FILE_ATTRS}
@@ -323,7 +304,7 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
     if not refined:
         _check_covered(src_file, wanted, split, manifest_path)
 
-    _remove_stale_temps(out)
+    remove_stale_temps(out)   # before the free-space check, so their space counts as free
     # a copy merge writes about what its inputs hold (same codec); a virtual one only mappings
     ensure_free_space(out, 0 if virtual else sum(src.path.stat().st_size for src in sources))
     files = _OpenFiles(sources)

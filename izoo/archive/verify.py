@@ -64,6 +64,22 @@ class VerifyReport:
         """True when no problem was found."""
         return not self.problems
 
+    @property
+    def fix(self) -> str:
+        """What to do about the problems: an archive is only ever rebuilt from its shard files."""
+        return (f"delete {self.path} and rerun the workflow (or izoo merge), which rebuilds it from the shard files; "
+                "if the problem comes back, the shard files are at fault: run izoo verify on each file in the "
+                "archive's merged_from attribute, delete the ones that fail and rerun (their jobs refit them)")
+
+    def lines(self) -> list[str]:
+        """The report as ``izoo verify`` prints it: notes, one line per problem, the verdict, and the fix."""
+        out = [f"{self.path}: {note}" for note in self.notes]
+        out += [f"{self.path}: PROBLEM: {problem}" for problem in self.problems]
+        out.append(f"{self.path}: {'OK' if self.ok else f'FAILED ({len(self.problems)} problems)'}")
+        if not self.ok:
+            out.append(f"{self.path}: fix: {self.fix}")
+        return out
+
 
 def _split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return manifest[manifest["split"].astype(str) == str(split)].reset_index(drop=True)

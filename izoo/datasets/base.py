@@ -219,6 +219,19 @@ class SourceDataset(abc.ABC):
             raise self.bad(path, f"image of unexpected size {width}x{height} (WxH): aspect ratio differs from "
                                  f"source.size {target_h}x{target_w} (HxW)", fix)
 
+    def fix_after_manifest(self) -> str:
+        """The fix for an item that passed the manifest build but fails to load when it is fitted.
+
+        ``on_bad_item: skip`` alone cannot help then: only a manifest build leaves items out, and the default
+        header check does not decode every file (e.g. Cityscapes label ids), so the fix names every setting needed.
+        """
+        settings = "source.on_bad_item: skip"
+        if self.checks_items and self.validate_mode != "full":
+            settings += " and source.validate: full (the manifest's default check does not decode every file)"
+        return ("replace or repair the file (it changed after the manifest was built, or the manifest's check did "
+                f"not read it), or leave the item out: set {settings} and rebuild the manifest (the workflow rebuilds "
+                "it and refits the dataset when source: changes; by hand: izoo manifest, then izoo fit again)")
+
     def bad(self, path: str | Path, what: str, fix: str | None = None) -> BadItemError:
         """A ``BadItemError`` for one item file."""
         return BadItemError(what, path, fix or "replace or remove the file, or set source.on_bad_item: skip")

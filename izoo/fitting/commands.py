@@ -1,8 +1,8 @@
 """``izoo fit`` and ``izoo plan-refinement``: the fitting commands the Snakemake workflow runs.
 
 Exit codes: 0 done (items below the gate are reported, not an error); 2 a user-facing error (one line on
-stderr); 75 stopped early by SIGTERM/SIGUSR1 or ``--runtime-minutes`` with progress saved in ``--workdir``
-(rerun the same command to resume).
+stderr); 75 stopped early by SIGTERM/SIGUSR1/SIGINT (Ctrl-C) or ``--runtime-minutes`` with progress saved in
+``--workdir`` (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from izoo.errors import IzooError
-from izoo.jsonargs import load_json_object
+from izoo.config import check_dataset_entry
+from izoo.errors import BadItemError, IzooError
+from izoo.jsonargs import json_file_of, load_json_object
 from izoo.fitting import engine, refine
 from izoo.fitting.phases import PHASES
 from izoo.fitting.progress import emit
@@ -36,15 +37,29 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return load_manifest(path)
 
 
-def sample_loader(dataset_cfg: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]:
+def config_source(value: str) -> str:
+    """Where a ``--dataset-config`` came from, for error messages: its file, else the option itself."""
+    return str(json_file_of(value) or "--dataset-config")
+
+
+def sample_loader(dataset_cfg: Mapping[str, Any],
+                  source: str = "--dataset-config") -> Callable[[Mapping[str, Any]], Any]:
     """``load(manifest_row) -> Sample`` of the dataset's source (``izoo.datasets.open_source``)."""
     try:
         from izoo.datasets import open_source
     except ImportError as exc:
         raise IzooError(f"izoo.datasets is unavailable ({exc})", None, "reinstall izoo (pip install -e .)") from exc
     if "source" not in dataset_cfg:
-        raise IzooError("dataset config has no source: section", "config.yaml", "add source: {format, root, ...}")
-    return open_source(dataset_cfg["source"]).load
+        raise IzooError("dataset config has no source: section", source, "add source: {format, root, ...}")
+    dataset = open_source(dataset_cfg["source"])
+
+    def load(row: Mapping[str, Any]) -> Any:
+        try:
+            return dataset.load(row)
+        except BadItemError as exc:   # the reader's fix assumes a manifest build, which is over by now
+            raise BadItemError(exc.what, exc.path, dataset.fix_after_manifest()) from exc
+
+    return load
 
 
 def run_stoppable(runtime_minutes: float | None, workdir: str | Path, work: Callable[[StopControl], Any]) -> Any:
@@ -63,6 +78,8 @@ def run_stoppable(runtime_minutes: float | None, workdir: str | Path, work: Call
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit one shard (basic) or one refinement job (extended / until_threshold)."""
     cfg = parse_dataset_config(args.dataset_config)
+    source = config_source(args.dataset_config)
+    check_dataset_entry(cfg, source)   # a typo or bad value stops the job before it fits anything
     manifest = read_manifest(args.manifest)
     if args.phase == "basic":
         if not args.shard:
@@ -80,7 +97,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                             "pass the plan of the same phase")
         items = refine.job_items(plan, args.job, manifest, args.plan)
     done = run_stoppable(args.runtime_minutes, args.workdir,
-                         lambda stop: fit_shard(items, sample_loader(cfg), cfg, args.workdir, args.phase,
+                         lambda stop: fit_shard(items, sample_loader(cfg, source), cfg, args.workdir, args.phase,
                                                 dataset=args.dataset, stop=stop))
     if done is None:
         return EXIT_INTERRUPTED

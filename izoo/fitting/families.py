@@ -31,6 +31,7 @@ member                                          meaning
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ class BatchCheckpoint:
     """
 
     def __init__(self, path: str | Path | None, fingerprint: str = "",
-                 should_stop: Callable[[], bool] | None = None, warn: Callable[[str], None] | None = None):
+                 should_stop: Callable[[], bool] | None = None, warn: Callable[[str], None] | None = None,
+                 note: Callable[[str], None] | None = None):
         self.path = None if path is None else Path(path)
         self.fingerprint = fingerprint
         self._should_stop = should_stop
@@ -102,6 +104,7 @@ class BatchCheckpoint:
         #: the caller's own bookkeeping, saved with every state (``fit_shard``: groups written so far)
         self.meta: dict[str, Any] = {}
         self._loaded: dict[str, Any] | None = None
+        self._note = note or log.info
 
     def should_stop(self) -> bool:
         """Whether a signal or deadline asked the job to stop."""
@@ -123,14 +126,19 @@ class BatchCheckpoint:
             return None
         self._loaded = state
         self.meta = dict(state.get("meta") or {})
+        self._note(f"resumed from its checkpoint {self.path}")
         return state["state"]
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` atomically (a kill mid-write leaves the previous checkpoint)."""
         if self.path is None:
             return
-        with atomic_path(self.path) as tmp:
-            torch.save({"fingerprint": self.fingerprint, "state": state, "meta": dict(self.meta)}, tmp)
+        # serialised in memory first: torch.save's own error on a full disk does not say ENOSPC, a plain
+        # file write's OSError does, so atomic_path turns it into the one-line disk-full error
+        buffer = io.BytesIO()
+        torch.save({"fingerprint": self.fingerprint, "state": state, "meta": dict(self.meta)}, buffer)
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
 
     def clear(self) -> None:
         """Delete the checkpoint once the batch file is written."""

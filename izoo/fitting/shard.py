@@ -50,9 +50,11 @@ JOB_CHECKPOINT = "job.ckpt"      # the in-flight state of a job (slots, queue, g
 
 
 class StopControl:
-    """Turns SIGTERM/SIGUSR1 (what SLURM sends before a time limit) and a runtime deadline into a stop request."""
+    """Turns SIGTERM/SIGUSR1 (what SLURM sends before a time limit), SIGINT (Ctrl-C) and a runtime deadline into
+    a stop request. A second Ctrl-C after the first raises ``KeyboardInterrupt`` (the user insists)."""
 
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None),
+                                getattr(signal, "SIGINT", None)) if s is not None)
 
     def __init__(self, runtime_minutes: float | None = None):
         self.deadline = None
@@ -78,6 +80,8 @@ class StopControl:
         self._previous.clear()
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and self.reason is not None:
+            raise KeyboardInterrupt
         self.reason = f"signal {signal.Signals(signum).name}"
 
     def should_stop(self) -> bool:
@@ -99,9 +103,10 @@ class ShardOutput:
     shared_init: dict[str, np.ndarray] | None = None   # the learned init the items started from, if any
 
     def write(self, weights_path: str | Path, report_path: str | Path) -> None:
-        """Write the weights file and the report CSV, each atomically."""
-        layout.write_inr_file(weights_path, self.params, self.items, self.attrs, self.extras, self.shared_init)
+        """Write the report CSV, then the weights file, each atomically: the weights file (the job's product)
+        exists only once its report does, so a job killed between the two never looks finished."""
         write_report(self.report, report_path)
+        layout.write_inr_file(weights_path, self.params, self.items, self.attrs, self.extras, self.shared_init)
 
 
 def write_report(report: pd.DataFrame, path: str | Path) -> Path:
@@ -179,8 +184,11 @@ def _verify_group(path: Path, fp: str, items: pd.DataFrame, shapes: Mapping[str,
         return None, exc.what
     if inr.attrs.get("work_fingerprint") != fp:
         return None, "it was made with other settings or items"
-    if not set(inr.items["index"].tolist()) <= {int(i) for i in items["index"]}:
+    ids = dict(zip(items["index"].astype(int), items["item_id"].astype(str)))
+    if not set(inr.items["index"].tolist()) <= set(ids):
         return None, "its items are not items of this job"
+    if [ids[int(i)] for i in inr.items["index"]] != inr.items["item_id"].astype(str).tolist():
+        return None, "its item ids differ from the manifest's (the manifest was rebuilt)"
     for name, shape in shapes.items():
         if name not in inr.params or tuple(inr.params[name].shape) != (len(inr.items), *shape):
             return None, f"params/{name} is missing or has the wrong shape"
@@ -226,7 +234,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
     fp = fingerprint(dataset_cfg, phase, items)
     meter = ProgressMeter(len(items))
     ckpt = BatchCheckpoint(workdir / JOB_CHECKPOINT, fingerprint=fp, should_stop=should_stop,
-                           warn=lambda m: emit(f"warning: {m}"))
+                           warn=lambda m: emit(f"warning: {m}"), note=lambda m: emit(f"job {m}"))
     groups = _reusable_groups(workdir, ckpt, fp, items, family.param_shapes())
     # groups hold about batch_size items each (more groups when checkpoints cut some short)
     expected = max(math.ceil(len(items) / batch_size), 1)
@@ -238,7 +246,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         emit(f"{len(groups)} finished group(s) of {done} items reused from work dir")
     if done < len(items):
         if ckpt.load() is not None:
-            emit(f"resuming from in-job checkpoint {ckpt.path} ({len(items) - done} items in flight or not started)")
+            emit(f"{len(items) - done} items in flight or not started")
         if should_stop():
             raise engine.FitInterrupted("stop requested before fitting")
         samples = [load_sample(row) for row in items.to_dict("records")]

@@ -23,7 +23,11 @@ rule merge:
 
 
 rule verify:
-    """Re-read every archive: structure, counts against the manifest, finite weights, stored PSNR."""
+    """Re-read every archive: structure, counts against the manifest, finite weights, stored PSNR.
+
+    The report goes to the log (kept when verify fails, with its problems and fix); --out is written only
+    when the archive passed, so a failed verify leaves no OK file behind.
+    """
     input:
         archive=f"{R}/{{ds}}/archive/{{split}}.h5",
         manifest=f"{R}/{{ds}}/manifest.csv",
@@ -36,4 +40,5 @@ rule verify:
     conda:
         "../../envs/izoo.yaml"
     shell:
-        "izoo verify {input.archive} --manifest {input.manifest} --dataset-config {params.cfg:q} > {output} 2> {log}"
+        "izoo verify {input.archive} --manifest {input.manifest} --dataset-config {params.cfg:q} --out {output}"
+        " > {log} 2>&1"

@@ -150,8 +150,17 @@ def demo_marker(ds):
     return [f"{CFG['demo_data']['out']}/.izoo-demo-complete"] if ds_cfg(ds)["demo"] else []
 
 
-def dataset_targets():
-    return [f"{R}/summary.md"] + [f"{R}/{ds}/reports/summary.json" for ds in DATASETS]
+def dataset_targets(wildcards=None):
+    """Summary, reports, and every archive with its verify result: demanded directly, so a deleted or failed
+    archive is rebuilt even when the reports made from it are still there (Snakemake does not recreate a
+    missing intermediate file whose consumers are up to date). An input function: the splits come from the
+    manifest checkpoint, whose shards.json is listed too so a rerun manifest re-evaluates these targets."""
+    targets = [f"{R}/summary.md"]
+    for ds in DATASETS:
+        targets += [f"{R}/{ds}/shards.json", f"{R}/{ds}/reports/summary.json"]
+        for archive in archive_files(ds):
+            targets += [archive, archive.replace(".h5", ".verified.txt")]
+    return targets
 
 
 def bench_cfg(name):
