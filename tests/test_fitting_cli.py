@@ -245,6 +245,6 @@ def test_fit_killed_while_writing_its_output_leaves_no_finished_looking_file(tmp
 
     done = subprocess.run([sys.executable, "-m", "izoo", *args], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    assert "batch 1/2 reused from work dir" in done.stderr and "batch 2/2 reused from work dir" in done.stderr
+    assert "group 1/2 reused from work dir" in done.stderr and "group 2/2 reused from work dir" in done.stderr
     assert layout.read_inr_file(out / "train-00000.h5").params["layer0.weight"].shape == (4, 8, 2)
     assert sorted(p.name for p in out.iterdir()) == ["train-00000.csv", "train-00000.h5"]

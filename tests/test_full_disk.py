@@ -96,7 +96,7 @@ def test_in_batch_checkpoint_on_full_disk_is_one_line_from_the_cli(tmp_path, tin
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if "error" in line]
-    ckpt = tiny_fs / "work" / "batch-00000.ckpt"
+    ckpt = tiny_fs / "work" / "job.ckpt"
     assert len(error_lines) == 1 and str(ckpt) in error_lines[0] and "no space left" in error_lines[0], proc.stderr
     assert "free disk space" in error_lines[0]
     assert [p.name for p in (tiny_fs / "work").iterdir()] == []   # no temp file left behind
