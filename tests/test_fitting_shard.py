@@ -189,12 +189,13 @@ def test_plan_over_several_reports_packs_every_failing_item_in_manifest_order(tm
     }}
 
 
-def test_batch_file_of_other_items_under_the_same_indices_is_refitted(tmp_path, capsys):
-    """A rebuilt manifest (an item left out) renumbers items: a batch file is reused only for the same item ids."""
+def test_group_file_of_other_items_under_the_same_indices_is_refitted(tmp_path, capsys):
+    """A rebuilt manifest (an item left out) renumbers items: a group file is reused only for the same item ids."""
     fit_shard(_manifest(), _loader(), _dataset_cfg(), tmp_path, "basic")
     shifted = _manifest()
     shifted["item_id"] = [f"img{i + 1}" for i in range(N_ITEMS)]
     capsys.readouterr()
     fit_shard(shifted, _loader(), _dataset_cfg(), tmp_path, "basic")
     err = capsys.readouterr().err
-    assert err.count("item ids differ from the manifest's") == 3 and "reused from work dir" not in err
+    assert err.count("item ids differ from the manifest's") == 1 and "refitting the job" in err
+    assert "reused from work dir" not in err
