@@ -12,7 +12,9 @@ supplies the family's maths in ``_train(check)``: one training step of every act
 the *pre-step* weights of the items flagged in ``check``; and ``_lr_at(steps)``, its schedule.
 
 Finished items are handed out in groups (``on_group``) so that a job never holds all of them; a checkpoint
-(``state()``) holds only the in-flight slots, the queue position and how many groups were handed out. A run
+(``state()``) holds only the in-flight slots, the queue position and how many groups were handed out. One is
+taken every ``checkpoint_every`` steps, on a stop request, and after each group (so finished groups are durable)
+unless that would cost over a tenth of the run time. A run
 resumed from a checkpoint replays the same slot composition, so it gives bitwise the same weights.
 """
 
@@ -32,6 +34,8 @@ from izoo.fitting.phases import PhaseSettings
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
+#: a group is followed by a checkpoint unless the last one was taken less than this many times its cost ago
+CHECKPOINT_COST_RATIO = 10.0
 #: ``progress(finished, total, n_active, mean PSNR of the items checked at this step)``
 ProgressFn = Callable[[int, int, int, float], None]
 
@@ -327,20 +331,27 @@ class StreamFit:
                     self.n_groups += 1
                     on_group(group)
 
+        last_checkpoint = {"at": time.perf_counter(), "cost": 0.0}
+
+        def checkpoint() -> None:
+            started = time.perf_counter()
+            on_checkpoint(self.state())
+            last_checkpoint.update(at=time.perf_counter(), cost=time.perf_counter() - started)
+
         self._refill()
         while len(self.pos):
             if should_stop is not None and should_stop():
                 tick = self._charge(tick)
                 if on_checkpoint is not None:
                     flush()
-                    on_checkpoint(self.state())
+                    checkpoint()
                 raise FitInterrupted(f"stopped after {self.step_count} steps ({self.n_finished}/{self.n_items} "
                                      "items finished)")
             if (on_checkpoint is not None and st.checkpoint_every and self.step_count > resumed_at
                     and self.step_count % st.checkpoint_every == 0):
                 tick = self._charge(tick)
                 flush()
-                on_checkpoint(self.state())
+                checkpoint()
             n_checked, mean_psnr = self._step(emit)
             self.step_count += 1
             if n_checked:
@@ -349,6 +360,11 @@ class StreamFit:
                     progress(self.n_finished, self.n_items, len(self.pos), mean_psnr)
             if on_group is not None and sum(len(p) for p in self.pending["pos"]) >= group_size:
                 flush()
+                # a checkpoint right after a group makes the group durable (a resume reuses it instead of fitting
+                # its items again), unless checkpoints are so costly that this would spend over a tenth of the time
+                if (on_checkpoint is not None and len(self.pos) and time.perf_counter() - last_checkpoint["at"]
+                        >= CHECKPOINT_COST_RATIO * last_checkpoint["cost"]):
+                    checkpoint()
             self._refill()
         self._charge(tick)
         if on_group is not None:
