@@ -13,8 +13,9 @@ the *pre-step* weights of the items flagged in ``check``; and ``_lr_at(steps)``,
 
 Finished items are handed out in groups (``on_group``) so that a job never holds all of them; a checkpoint
 (``state()``) holds only the in-flight slots, the queue position and how many groups were handed out. One is
-taken every ``checkpoint_every`` steps, on a stop request, and after each group (so finished groups are durable)
-unless that would cost over a tenth of the run time. A run
+taken every ``checkpoint_every`` steps, on a stop request, and after each group (so finished groups are durable),
+except where checkpoints are slow (many large slots): then after a group only if that keeps them under a tenth of
+the run time. A run
 resumed from a checkpoint replays the same slot composition, so it gives bitwise the same weights.
 """
 
@@ -34,7 +35,9 @@ from izoo.fitting.phases import PhaseSettings
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
-#: a group is followed by a checkpoint unless the last one was taken less than this many times its cost ago
+#: a group is followed by a checkpoint, unless checkpoints are slow (the last took over SLOW_CHECKPOINT_S seconds:
+#: many large slots) and the last was taken less than CHECKPOINT_COST_RATIO times its cost ago
+SLOW_CHECKPOINT_S = 0.5
 CHECKPOINT_COST_RATIO = 10.0
 #: ``progress(finished, total, n_active, mean PSNR of the items checked at this step)``
 ProgressFn = Callable[[int, int, int, float], None]
@@ -361,9 +364,11 @@ class StreamFit:
             if on_group is not None and sum(len(p) for p in self.pending["pos"]) >= group_size:
                 flush()
                 # a checkpoint right after a group makes the group durable (a resume reuses it instead of fitting
-                # its items again), unless checkpoints are so costly that this would spend over a tenth of the time
-                if (on_checkpoint is not None and len(self.pos) and time.perf_counter() - last_checkpoint["at"]
-                        >= CHECKPOINT_COST_RATIO * last_checkpoint["cost"]):
+                # its items again); slow checkpoints are rate-limited to a tenth of the time
+                cost = last_checkpoint["cost"]
+                if on_checkpoint is not None and len(self.pos) and (
+                        cost < SLOW_CHECKPOINT_S
+                        or time.perf_counter() - last_checkpoint["at"] >= CHECKPOINT_COST_RATIO * cost):
                     checkpoint()
             self._refill()
         self._charge(tick)
