@@ -105,6 +105,8 @@ class BatchCheckpoint:
         self.meta: dict[str, Any] = {}
         self._loaded: dict[str, Any] | None = None
         self._note = note or log.info
+        #: called after each save (``fit_shard`` announces the groups a saved state makes durable)
+        self.after_save: Callable[[], None] | None = None
 
     def should_stop(self) -> bool:
         """Whether a signal or deadline asked the job to stop."""
@@ -139,6 +141,8 @@ class BatchCheckpoint:
         torch.save({"fingerprint": self.fingerprint, "state": state, "meta": dict(self.meta)}, buffer)
         with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
             fh.write(buffer.getbuffer())
+        if self.after_save is not None:
+            self.after_save()
 
     def clear(self) -> None:
         """Delete the checkpoint once the batch file is written."""

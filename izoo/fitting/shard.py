@@ -277,8 +277,17 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
             layout.write_inr_file(path, part.params, table, {**attrs, "group": k}, extras, compress=False)
             ckpt.meta["groups"] = k + 1
             groups.append(layout.read_inr_file(path))
-            emit(f"group {k + 1}/{max(expected, k + 1)} fitted ({len(pos)} items)")
-            meter.add(part.psnr.tolist(), int(part.passed.sum()), fitted=True)
+            unannounced.append((f"group {k + 1}/{max(expected, k + 1)} fitted ({len(pos)} items)", part))
+
+        def announce() -> None:
+            # a group counts as fitted once a saved checkpoint counts it: a kill before that refits its items
+            while unannounced:
+                line, part = unannounced.pop(0)
+                emit(line)
+                meter.add(part.psnr.tolist(), int(part.passed.sum()), fitted=True)
+
+        unannounced: list[tuple[str, BatchFit]] = []
+        ckpt.after_save = announce
 
         ckpt.meta.setdefault("groups", len(groups))
         meter.batch_label = f"job of {len(items)} items"
@@ -289,6 +298,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
             emit(f"job interrupted ({stop.reason if stop else 'stop requested'}); "
                  f"{ckpt.meta.get('groups', 0)} finished group(s) kept, in-job checkpoint saved to {ckpt.path}")
             raise
+        announce()
         ckpt.clear()
         emit(f"job fitted ({len(items)} items in {len(groups)} group(s))")
     return _assemble(items, groups, family, fit_cfg, settings, dataset, phase, seed_mode, device, recipe)
