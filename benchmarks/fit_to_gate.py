@@ -172,7 +172,8 @@ def part_e2e(base: Path, per_class: int, slots: int, shard_size: int) -> dict:
     }
     cfg_path = base / "fit_to_gate.yaml"
     cfg_path.write_text(yaml.safe_dump(overlay, sort_keys=False))
-    cmd = ["snakemake", "--profile", "profiles/local", "--configfile", str(cfg_path), "datasets"]
+    # the target first: --configfile takes every path after it
+    cmd = ["snakemake", "datasets", "--profile", "profiles/local", "--configfile", str(cfg_path)]
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
