@@ -3,6 +3,7 @@ refinement jobs."""
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import numpy as np
@@ -97,10 +98,8 @@ def test_gate_stream_resumed_anywhere_is_bitwise_identical(tmp_path, kill_after)
         fit_shard(_manifest(), _loader(), cfg, work, "basic", stop=stop)
     resumed = None
     while resumed is None:   # a second kill in the resumed run too, until it runs through
-        try:
+        with contextlib.suppress(FitInterrupted):
             resumed = fit_shard(_manifest(), _loader(), cfg, work, "basic", stop=_StopAfter(kill_after))
-        except FitInterrupted:
-            pass
     for name, value in whole.params.items():
         assert np.array_equal(value, resumed.params[name]), name
     pd.testing.assert_frame_equal(whole.items.drop(columns="seconds"), resumed.items.drop(columns="seconds"))

@@ -245,8 +245,8 @@ class SirenBatchFit(StreamFit):
     def _rows_changed(self) -> None:
         self._targets = None
 
-    def _lr_at(self, steps: np.ndarray) -> np.ndarray:
-        return np.array([self.settings.lr_at(int(s)) for s in steps], dtype=np.float64)
+    def _lr_at(self, step: int) -> float:
+        return self.settings.lr_at(step)
 
     def _params_out(self, flat: torch.Tensor) -> Params:
         return self.layout.unpack(flat)

@@ -9,7 +9,7 @@ started with the job or joined later (the batch loss is a sum of per-item losses
 
 Parameters and Adam moments of the active items live in flat ``[A, n_params]`` buffers on the device. A subclass
 supplies the family's maths in ``_train(check)``: one training step of every active item, returning the PSNR of
-the *pre-step* weights of the items flagged in ``check``; and ``_lr_at(steps)``, its schedule.
+the *pre-step* weights of the items flagged in ``check``; and ``_lr_at(step)``, its schedule (tabulated once per phase).
 
 Finished items are handed out in groups (``on_group``) so that a job never holds all of them; a checkpoint
 (``state()``) holds only the in-flight slots, the queue position and how many groups were handed out. One is
@@ -134,14 +134,15 @@ class StreamFit:
         self.psnr_before = torch.zeros(0, dtype=torch.float64)
         self.seconds = torch.zeros(0, dtype=torch.float64)
         self.pending: dict[str, list[torch.Tensor]] = {k: [] for k in _PENDING}
+        self._lr_table: np.ndarray | None = None
 
     # ----- hooks for the family
     def _train(self, check: torch.Tensor) -> torch.Tensor:
         """One step of every active item; PSNR (float64, CPU) of the pre-step weights of the ``check`` rows."""
         raise NotImplementedError  # abstract: SirenBatchFit and NerfBatchFit implement it
 
-    def _lr_at(self, steps: np.ndarray) -> np.ndarray:
-        """Learning rate of each item's next step (``steps`` taken so far)."""
+    def _lr_at(self, step: int) -> float:
+        """Learning rate of the step an item takes after ``step`` steps (the family's schedule)."""
         raise NotImplementedError  # abstract: each family has its schedule
 
     def _rows_changed(self) -> None:
@@ -154,9 +155,12 @@ class StreamFit:
     # ----- shared maths
     def adam_hyper(self) -> torch.Tensor:
         """Per-item ``[lr / (1 - β1^t), sqrt(1 - β2^t)]`` ``[A, 2]`` of the next step (t = own step + 1)."""
+        if self._lr_table is None:   # once per phase: a per-step Python loop over thousands of slots is slow
+            self._lr_table = np.array([self._lr_at(k) for k in range(self.settings.max_steps + 1)])
         steps = self.steps.numpy()
         t = steps.astype(np.float64) + 1.0
-        hyper = np.stack([self._lr_at(steps) / (1.0 - ADAM_BETAS[0] ** t), np.sqrt(1.0 - ADAM_BETAS[1] ** t)], axis=1)
+        lr = self._lr_table[np.minimum(steps, self.settings.max_steps)]
+        hyper = np.stack([lr / (1.0 - ADAM_BETAS[0] ** t), np.sqrt(1.0 - ADAM_BETAS[1] ** t)], axis=1)
         return torch.from_numpy(hyper).to(self.device, self.dtype)
 
     # ----- queue

@@ -246,8 +246,8 @@ class NerfBatchFit(StreamFit):
         self.generator = torch.Generator(device=self.device)
 
     # ----- maths
-    def _lr_at(self, steps: np.ndarray) -> np.ndarray:
-        return np.array([lr_at(self.settings, int(s)) for s in steps], dtype=np.float64)
+    def _lr_at(self, step: int) -> float:
+        return lr_at(self.settings, step)
 
     def _params(self, theta: torch.Tensor) -> NerfParams:
         return dict(zip(self.names, self.layout.views(theta)))
