@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from izoo.devices import resolve_device
 from izoo.fitting import engine
 from izoo.fitting.phases import phase_settings
 from izoo.models import siren
@@ -185,7 +186,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    device = engine.resolve_device(args.device, tf32=not args.no_tf32)
+    device = resolve_device(args.device, tf32=not args.no_tf32)
     spec = siren.SirenSpec(depth=args.depth, width=args.width)
     images = real_patches(max(args.n_batched, args.n_loop))
     pixels = images.shape[2] * images.shape[3]

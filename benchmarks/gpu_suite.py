@@ -41,6 +41,7 @@ import torch
 
 from fit_throughput import fit_one_at_a_time, matmul_gflops, train_flops_per_pixel
 from izoo.datasets.demo import cifar_like_images
+from izoo.devices import resolve_device
 from izoo.fitting import engine
 from izoo.fitting.families import SirenFamily
 from izoo.fitting.phases import phase_settings
@@ -323,7 +324,7 @@ def main() -> None:
     ap.add_argument("--part-seconds", type=float, default=None, help="time box of each part (default 55, quick 60)")
     ap.add_argument("--parts", nargs="+", default=["cifar", "gate", "large", "nerf", "jax", "oom"])
     args = ap.parse_args()
-    device = engine.resolve_device(args.device, tf32=True)
+    device = resolve_device(args.device, tf32=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
     say(f"# gpu_suite.py {time.strftime('%Y-%m-%d %H:%M')} device={name} torch {torch.__version__} "
         f"threads {torch.get_num_threads()} quick={args.quick}")

@@ -38,6 +38,7 @@ import izoo.archive
 from izoo.atomic import atomic_path
 from izoo.benchmarks.augment import OPS, RandAugmentINR, query_augmented
 from izoo.benchmarks.tokenizers import TOKENIZERS, CoordinateTokenizer, describe
+from izoo.devices import resolve_device
 from izoo.errors import IzooError
 from izoo.jsonargs import json_file_of, load_json_object
 from izoo.models import siren
@@ -312,16 +313,6 @@ def majority_reference(train_labels: torch.Tensor, test_labels: torch.Tensor, nu
     majority = int(torch.bincount(train_labels.cpu(), minlength=num_classes).argmax())
     metrics = classification_metrics(torch.full_like(test_labels.cpu(), majority), test_labels, num_classes)
     return {**metrics, "predicts": majority, "rule": "majority class of the train split"}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise IzooError("CUDA was asked for but no GPU is visible", None, "use --device auto or --device cpu")
-    return device
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int,

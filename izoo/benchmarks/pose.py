@@ -49,10 +49,10 @@ from torch import nn
 
 from izoo.archive.reader import InrArchive, open_archive
 from izoo.benchmarks.pose_refine import RefineSettings, refine_pose
-from izoo.benchmarks.segmentation import (format_mean_std, mean_std, read_runs, resolve_device,
-                                          write_json, write_table)
+from izoo.benchmarks.segmentation import format_mean_std, mean_std, read_runs, write_json, write_table
 from izoo.benchmarks.tables import seed_references
 from izoo.benchmarks.tokenizers import non_close_penalty
+from izoo.devices import resolve_device
 from izoo.errors import IzooError
 from izoo.jsonargs import settings_from_json
 from izoo.nerf.model import NerfSpec, query

@@ -48,6 +48,7 @@ from izoo.benchmarks.seg_metrics import (CITYSCAPES_CLASSES, IGNORE_INDEX, confu
                                          mean_iou, pixel_accuracy)
 from izoo.benchmarks.tables import seed_references
 from izoo.benchmarks.tokenizers import CoordinateTokenizer, DISPLAY_NAMES, describe
+from izoo.devices import resolve_device
 from izoo.errors import IzooError
 from izoo.jsonargs import settings_from_json
 from izoo.models import siren
@@ -92,13 +93,6 @@ class SegSettings:
     def from_json(cls, text_or_path: str | None) -> "SegSettings":
         """Settings from a JSON string or file (unknown keys are an error naming them)."""
         return settings_from_json(cls, text_or_path, "segmentation")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class SegFormerHead(nn.Module):
