@@ -13,7 +13,8 @@ import torch
 
 from izoo.archive import layout
 from izoo.benchmarks import classification as clf
-from izoo.benchmarks.tables import classification_table, load_runs, table_markdown
+from izoo.benchmarks.results import read_results, write_result
+from izoo.benchmarks.tables import classification_table, table_markdown
 from izoo.cli import main as izoo_main
 from izoo.errors import IzooError
 from izoo.models import siren
@@ -123,9 +124,9 @@ def test_lp_reg_run_and_table(archives: tuple[Path, Path], tmp_path: Path) -> No
     paths = []
     for tok, seed in (("uniform", 0), ("uniform", 1), ("lp_reg", 0)):
         result = clf.run_classification(train, test, tok, seed, clf.ClassificationSettings.from_json(quick), "cpu")
-        paths.append(clf.write_result(result, tmp_path / f"{tok}-seed{seed}.json"))
+        paths.append(write_result(result, tmp_path / f"{tok}-seed{seed}.json"))
         assert result["train_items"] == 64 and result["test_items"] == 32
-    table = classification_table(load_runs(paths))
+    table = classification_table(read_results(paths, "classification"))
     assert list(table.tokenizer) == ["uniform", "lp_reg", "reference"] and list(table.seeds) == [2, 1, 2]
     runs = [json.loads(p.read_text()) for p in paths[:2]]
     accs = [100 * r["accuracy"] for r in runs]
@@ -147,7 +148,7 @@ def test_foreign_run_file_is_a_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "x.json"
     bad.write_text('{"hello": 1}')
     with pytest.raises(IzooError, match="not a classification run result"):
-        load_runs([bad])
+        read_results([bad], "classification")
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "warmup_cosine", "constant"])

@@ -12,7 +12,8 @@ import torch
 
 from izoo.archive.layout import base_attrs, write_inr_file
 from izoo.benchmarks import segmentation as seg
-from izoo.benchmarks.seg_metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from izoo.benchmarks.engine import confusion_matrix
+from izoo.benchmarks.seg_metrics import IGNORE_INDEX, iou_per_class, mean_iou, pixel_accuracy
 from izoo.models import siren
 
 TINY_ENCODER = {"depths": [1, 1, 1, 1], "embed_dims": [8, 16, 16, 16], "num_heads": [1, 1, 1, 1],
@@ -24,7 +25,7 @@ def test_miou_matches_hand_computed_case():
     # 3 classes; 255 pixels are ignored whatever they are predicted as
     target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
     pred = torch.tensor([[0, 1, 1, 1], [2, 0, 0, 2]])
-    conf = confusion_matrix(pred, target, num_classes=3)
+    conf = confusion_matrix(pred, target, num_classes=3, ignore_index=IGNORE_INDEX)
     assert conf.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     # IoU: class 0 = 1 / (2 + 2 - 1) = 1/3, class 1 = 2 / (2 + 3 - 2) = 2/3, class 2 = 1 / (2 + 1 - 1) = 1/2
     assert iou_per_class(conf).tolist() == pytest.approx([1 / 3, 2 / 3, 1 / 2])

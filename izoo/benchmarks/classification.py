@@ -18,10 +18,8 @@ training split's most frequent class for every test item), computed on the same 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +33,8 @@ from torch import nn
 
 import izoo
 import izoo.archive
-from izoo.atomic import atomic_path
 from izoo.benchmarks.augment import OPS, RandAugmentINR, query_augmented
+from izoo.benchmarks.engine import confusion_matrix, count_params, seed_everything, train_step
 from izoo.benchmarks.tokenizers import TOKENIZERS, CoordinateTokenizer, describe
 from izoo.devices import resolve_device
 from izoo.errors import IzooError
@@ -286,12 +284,9 @@ def build_classifier(settings: ClassificationSettings, tokenizer: str, num_class
 def classification_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
     """Accuracy, macro precision and macro F1 (classes never predicted count as precision 0, like sklearn).
 
-    Hand-written from the confusion matrix because neither scikit-learn nor torchmetrics is a dependency.
+    Computed from the confusion matrix because neither scikit-learn nor torchmetrics is a dependency.
     """
-    pred, target = pred.cpu().long(), target.cpu().long()
-    confusion = torch.bincount(target * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes,
-                                                                                                 num_classes)
-    confusion = confusion.double()
+    confusion = confusion_matrix(pred, target, num_classes).double()
     true_pos = confusion.diag()
     predicted, actual = confusion.sum(0), confusion.sum(1)
     precision = torch.where(predicted > 0, true_pos / predicted.clamp(min=1), torch.zeros_like(true_pos))
@@ -356,13 +351,6 @@ def evaluate(model: InrClassifier, split: InrSplit, batch_size: int, num_classes
     return metrics
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
 def run_classification(train_path: str | Path, test_path: str | Path, tokenizer: str, seed: int,
                        settings: ClassificationSettings | None = None, device: str = "auto") -> dict[str, Any]:
     """Train one (tokenizer, seed) run and return its JSON-able result (metrics, history, learned coordinates)."""
@@ -403,11 +391,7 @@ def run_classification(train_path: str | Path, test_path: str | Path, tokenizer:
             logits = model(params, generator)
             loss = F.cross_entropy(logits, labels)
             penalty = model.tokenizer.penalty()
-            total = loss + settings.reg_weight * penalty
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            scheduler.step()
+            train_step(optimizer, loss, scheduler, penalty, settings.reg_weight)
             loss_sum += float(loss.detach()) * len(labels)
             penalty_sum += float(penalty.detach()) * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
@@ -446,7 +430,7 @@ def run_classification(train_path: str | Path, test_path: str | Path, tokenizer:
         "train_archive": str(train_path),
         "test_archive": str(test_path),
         "inr": dataclasses.asdict(train.spec),
-        "params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+        "params": count_params(model),
         "tokenizer_info": describe(model.tokenizer),
         "history": history,
         "seconds": time.time() - started,
@@ -459,11 +443,3 @@ def run_classification(train_path: str | Path, test_path: str | Path, tokenizer:
             "scales": None if scales is None else np.round(scales.detach().cpu().numpy(), 5).tolist(),
         },
     }
-
-
-def write_result(result: Mapping[str, Any], path: str | Path) -> Path:
-    """Write one run's result JSON atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-    return path

@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 def _bench_classify(args: argparse.Namespace) -> int:
     """Run one (tokenizer, seed) classification job and write its result JSON."""
-    from izoo.benchmarks.classification import ClassificationSettings, run_classification, write_result
+    from izoo.benchmarks.classification import ClassificationSettings, run_classification
+    from izoo.benchmarks.results import write_result
 
     settings = ClassificationSettings.from_json(args.settings)
     result = run_classification(args.train, args.test, args.tokenizer, args.seed, settings, device=args.device)
@@ -24,12 +25,13 @@ def _bench_classify(args: argparse.Namespace) -> int:
 
 def _bench_classify_table(args: argparse.Namespace) -> int:
     """Gather run JSONs into the Table-2-style CSV/Markdown and, when asked, draw the token figure."""
-    from izoo.benchmarks.tables import classification_table, load_runs, plot_token_groups, write_table
+    from izoo.benchmarks.results import read_results
+    from izoo.benchmarks.tables import classification_table, plot_token_groups, table_markdown, write_table
     from izoo.errors import IzooError
 
-    runs = load_runs(args.runs)
+    runs = read_results(args.runs, "classification")
     table = classification_table(runs)
-    write_table(table, args.out_csv, args.out_md)
+    write_table(table, table_markdown(table), args.out_csv, args.out_md, float_format="%.4f")
     if args.figure_from or args.out_png:
         if not (args.figure_from and args.out_png):
             raise IzooError("--figure-from and --out-png go together", None, "pass both, or neither")

@@ -49,8 +49,9 @@ from torch import nn
 
 from izoo.archive.reader import InrArchive, open_archive
 from izoo.benchmarks.pose_refine import RefineSettings, refine_pose
-from izoo.benchmarks.segmentation import format_mean_std, mean_std, read_runs, write_json, write_table
-from izoo.benchmarks.tables import seed_references
+from izoo.benchmarks.engine import count_params, seed_everything, train_step
+from izoo.benchmarks.results import read_results, write_result
+from izoo.benchmarks.tables import format_mean_std, mean_std, seed_references, write_table
 from izoo.benchmarks.tokenizers import non_close_penalty
 from izoo.devices import resolve_device
 from izoo.errors import IzooError
@@ -562,9 +563,7 @@ def pretrain_mae(model: PoseRegressor, arch: InrArchive, spec: NerfSpec, rows: S
         for start in range(0, len(order), s.scenes_per_batch):
             batch_rows = [rows[i] for i in order[start:start + s.scenes_per_batch]]
             loss = mae(nerf_params(arch, sorted(batch_rows), device), spec, gen)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            train_step(optimiser, loss)
             epoch_loss.append(float(loss.detach()))
         losses.append(float(np.mean(epoch_loss)))
         if s.log_every and (epoch + 1) % s.log_every == 0:
@@ -613,7 +612,7 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
     s = settings or PoseSettings()
     s.validate()
     device = resolve_device(s.device)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     arch = open_archive(archive_path)
     if arch.model_family != "nerf":
         raise IzooError(f"archive holds {arch.model_family} INRs, not NeRFs", arch.path,
@@ -654,11 +653,7 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
             rot_loss = (rot - poses[..., :3, :3]).pow(2).sum((-1, -2)).mean()
             trans_loss = ((t_cam - camera_translation(poses)) / s.camera_radius).pow(2).sum(-1).mean()
             loss = s.rotation_weight * rot_loss + s.translation_weight * trans_loss
-            total = loss + s.reg_weight * model.tokenizer.penalty()
-            optimiser.zero_grad(set_to_none=True)
-            total.backward()
-            optimiser.step()
-            schedule.step()
+            train_step(optimiser, loss, schedule, model.tokenizer.penalty(), s.reg_weight)
             epoch_loss.append(float(loss.detach()))
         losses.append(float(np.mean(epoch_loss)))
         if s.log_every and (epoch + 1) % s.log_every == 0:
@@ -687,7 +682,7 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
                                          "re_mean_before": float(re_c.mean()), "te_mean_before": float(te_c.mean() * 100)}
     labels = dict(zip(kept["row"], kept["label"]))
     return {
-        "benchmark": "pose",
+        "task": "pose",
         "tokenizer": s.tokenizer,
         "method": DISPLAY_NAMES[s.tokenizer].replace("Ours", "Ours+Pre" if s.pretrain else "Ours", 1),
         "pretrain": s.pretrain,
@@ -701,7 +696,7 @@ def train_pose(archive_path: str | Path, kept_path: str | Path | None, seed: int
                   "classes": int(kept["label"].nunique()),
                   "rule": f"per class, {s.unseen_fraction:.0%} of scenes held out (>= 1 when the class has >= 2); "
                           "seen = new poses of training scenes", "unseen_labels": [int(labels[r]) for r in unseen]},
-        "params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+        "params": count_params(model),
         "seen": results["seen"],
         "unseen": results["unseen"],
         "reference": reference,
@@ -785,7 +780,7 @@ def _run_pose(args: argparse.Namespace) -> int:
     if args.device:
         settings.device = args.device
     record = train_pose(args.archive, args.kept, args.seed, settings)
-    write_json(record, args.out)
+    write_result(record, args.out)
     unseen = record["unseen"] or {}
     log.info("pose %s seed %d: seen RE %.2f°, unseen RE %s°", record["method"], args.seed,
              record["seen"]["re_mean"], f"{unseen.get('re_mean', math.nan):.2f}")
@@ -793,7 +788,7 @@ def _run_pose(args: argparse.Namespace) -> int:
 
 
 def _run_pose_table(args: argparse.Namespace) -> int:
-    runs = read_runs(args.runs, "pose")
+    runs = read_results(args.runs, "pose")
     table = pose_table(runs)
     s = runs[0]["settings"] if runs else {}
     note = (f"Mean ± std over seeds. Grid {s.get('grid_resolution')}³, volume {s.get('volume_size')}, views "

@@ -20,16 +20,6 @@ CITYSCAPES_CLASSES = (
 )
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """``[C, C]`` int64 counts, rows = ground truth, columns = prediction; ``ignore_index`` pixels are skipped."""
-    pred = pred.reshape(-1).long()
-    target = target.reshape(-1).long()
-    keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
-    idx = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
-
-
 def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
     """IoU of every class (``nan`` where the class is absent from both ground truth and predictions)."""
     conf = confusion.double()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -43,10 +42,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from izoo.archive.reader import InrArchive, open_archive
-from izoo.atomic import atomic_path
-from izoo.benchmarks.seg_metrics import (CITYSCAPES_CLASSES, IGNORE_INDEX, confusion_matrix, iou_per_class,
-                                         mean_iou, pixel_accuracy)
-from izoo.benchmarks.tables import seed_references
+from izoo.benchmarks.engine import confusion_matrix, count_params, seed_everything, train_step
+from izoo.benchmarks.results import read_results, write_result
+from izoo.benchmarks.seg_metrics import CITYSCAPES_CLASSES, IGNORE_INDEX, iou_per_class, mean_iou, pixel_accuracy
+from izoo.benchmarks.tables import format_mean_std, markdown_table, mean_std, seed_references, write_table
 from izoo.benchmarks.tokenizers import CoordinateTokenizer, DISPLAY_NAMES, describe
 from izoo.devices import resolve_device
 from izoo.errors import IzooError
@@ -205,11 +204,6 @@ def zoom_crop(params: siren.Params, labels: torch.Tensor, ratio: torch.Tensor, o
     return [new_w, new_b] + list(params[2:]), resampled[:, 0].round().long()
 
 
-def count_params(module: nn.Module) -> int:
-    """Trainable parameters (learnable tokenizer coordinates included)."""
-    return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
-
-
 def count_gflops(model: InrSegmenter, params_one: siren.Params, w0: float) -> dict[str, float]:
     """GFLOPs of one forward pass at the settings' size: network alone and with the tokenizer's INR query.
 
@@ -268,7 +262,7 @@ def evaluate(model: InrSegmenter, arch: InrArchive, settings: SegSettings, w0: f
             for name in names:
                 target = _labels(batch, name, device)
                 up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-                confusions[name] += confusion_matrix(up.argmax(1), target, settings.num_classes)
+                confusions[name] += confusion_matrix(up.argmax(1), target, settings.num_classes, IGNORE_INDEX)
     model.train()
     out: dict[str, Any] = {}
     class_names = CITYSCAPES_CLASSES if settings.num_classes == len(CITYSCAPES_CLASSES) else \
@@ -312,8 +306,7 @@ def train_segmentation(train_path: str | Path, test_path: str | Path, tokenizer:
     if tokenizer not in SEG_TOKENIZERS:
         raise IzooError(f"unknown segmentation tokenizer {tokenizer!r}", None, f"use one of {', '.join(SEG_TOKENIZERS)}")
     device = resolve_device(settings.device)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    seed_everything(seed)
     train = open_archive(train_path, device="cpu", in_memory=settings.in_memory)
     test = open_archive(test_path, device="cpu", in_memory=settings.in_memory)
     _check_archive(train, "train")
@@ -352,11 +345,7 @@ def train_segmentation(train_path: str | Path, test_path: str | Path, tokenizer:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
         loss = criterion(logits, target)
         penalty = model.tokenizer.penalty()
-        total = loss + settings.reg_weight * penalty
-        optimiser.zero_grad(set_to_none=True)
-        total.backward()
-        optimiser.step()
-        schedule.step()
+        train_step(optimiser, loss, schedule, penalty, settings.reg_weight)
         losses.append(float(loss.detach()))
         if settings.log_every and (step + 1) % settings.log_every == 0:
             log.info("step %d/%d loss %.4f penalty %.4f", step + 1, settings.steps, float(loss), float(penalty))
@@ -364,7 +353,7 @@ def train_segmentation(train_path: str | Path, test_path: str | Path, tokenizer:
     metrics = evaluate(model, test, settings, w0)
     flops = count_gflops(model, [p[:1].to(device) for p in train.params_batch([0])], w0)
     return {
-        "benchmark": "segmentation",
+        "task": "segmentation",
         "tokenizer": tokenizer,
         "tokenizer_name": DISPLAY_NAMES[tokenizer],
         "seed": seed,
@@ -387,44 +376,6 @@ def train_segmentation(train_path: str | Path, test_path: str | Path, tokenizer:
         "torch": torch.__version__,
         "timm": timm.__version__,
     }
-
-
-def write_json(record: Mapping[str, Any], path: str | Path) -> None:
-    """Write a result record atomically."""
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
-def mean_std(values: Sequence[float | None], scale: float = 1.0) -> tuple[float, float, int]:
-    """Mean, sample std (0 for one value) and count of the finite values, each times ``scale``."""
-    vals = [v * scale for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return math.nan, math.nan, 0
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
-
-
-def format_mean_std(mean: float, std: float, n: int) -> str:
-    """``mean ± std`` with 2 decimals (just the mean for one seed, an en dash for none)."""
-    if n == 0:
-        return "–"
-    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
-
-
-def read_runs(paths: Sequence[str | Path], benchmark: str) -> list[dict]:
-    """Result records of ``benchmark`` from JSON files (one-line error for a missing or foreign file)."""
-    runs = []
-    for path in paths:
-        try:
-            record = json.loads(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise IzooError("result file is missing", path, "rerun the benchmark rule that writes it") from exc
-        except json.JSONDecodeError as exc:
-            raise IzooError(f"result file is not JSON ({exc})", path, "delete it and rerun its benchmark rule") from exc
-        if record.get("benchmark") != benchmark:
-            raise IzooError(f"not a {benchmark} result (benchmark={record.get('benchmark')!r})", path,
-                            f"pass only izoo bench-{'segment' if benchmark == 'segmentation' else 'pose'} outputs")
-        runs.append(record)
-    return runs
 
 
 def segmentation_table(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -463,28 +414,6 @@ def segmentation_table(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def table_markdown(table: pd.DataFrame, columns: Mapping[str, str], title: str, note: str) -> str:
-    """A markdown table of ``columns`` (key → header) with a title and a note line."""
-    header = "| " + " | ".join(columns.values()) + " |"
-    sep = "|" + "|".join("---" for _ in columns) + "|"
-    lines = [f"### {title}", "", header, sep]
-    for _, row in table.iterrows():
-        cells = []
-        for key in columns:
-            value = row[key]
-            cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", note, ""])
-
-
-def write_table(table: pd.DataFrame, markdown: str, out_csv: str | Path, out_md: str | Path) -> None:
-    """Write a table's CSV and markdown atomically."""
-    with atomic_path(Path(out_csv)) as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_path(Path(out_md)) as tmp:
-        tmp.write_text(markdown)
-
-
 def _run_segment(args: argparse.Namespace) -> int:
     settings = SegSettings.from_json(args.settings)
     if args.pretrained:
@@ -492,16 +421,16 @@ def _run_segment(args: argparse.Namespace) -> int:
     if args.device:
         settings.device = args.device
     record = train_segmentation(args.train, args.test, args.tokenizer, args.seed, settings)
-    write_json(record, args.out)
+    write_result(record, args.out)
     log.info("%s seed %d: mIoU fine %.2f %%", args.tokenizer, args.seed, 100 * record.get("miou_fine", math.nan))
     return 0
 
 
 def _run_segment_table(args: argparse.Namespace) -> int:
-    table = segmentation_table(read_runs(args.runs, "segmentation"))
+    table = segmentation_table(read_results(args.runs, "segmentation"))
     res = table["resolution"].iloc[0] if len(table) else "?"
     steps = table["steps"].iloc[0] if len(table) else "?"
-    md = table_markdown(
+    md = markdown_table(
         table, {"method": "Method", "params_m": "Params (M)", "gflops": "GFLOPs", "gflops_network": "GFLOPs (network)",
                 "miou_fine": "mIoU fine ↑ (%)", "miou_coarse": "mIoU coarse ↑ (%)", "seeds": "seeds"},
         "Cityscapes-INR segmentation (the paper's Table 3)",

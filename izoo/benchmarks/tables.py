@@ -8,9 +8,9 @@ coloured by token, next to their starting grid (like the paper's Fig. 6).
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,29 +24,50 @@ METRICS = ("accuracy", "precision", "f1")
 REFERENCE = "reference"
 
 
-def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Read run JSONs; a missing or foreign file raises a one-line ``IzooError``."""
-    runs = []
-    for path in paths:
-        path = Path(path)
-        try:
-            run = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IzooError(f"cannot read run result ({type(exc).__name__})", path,
-                            "rerun the bench-classify job that writes it") from exc
-        if run.get("task") != "classification" or any(k not in run for k in ("tokenizer", "seed", *METRICS)):
-            raise IzooError("not a classification run result", path, "pass files written by `izoo bench-classify`")
-        run["_path"] = str(path)
-        runs.append(run)
-    if not runs:
-        raise IzooError("no run results given", None, "pass --runs with at least one bench-classify JSON")
-    return runs
-
-
 def seed_references(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The no-learning ``reference`` of each seed once: runs of one seed share their split, so their references agree."""
     by_seed = {r.get("seed"): r["reference"] for r in runs if r.get("reference")}
     return [by_seed[seed] for seed in sorted(by_seed, key=str)]
+
+
+def mean_std(values: Sequence[float | None], scale: float = 1.0) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one value) and count of the finite values, each times ``scale``."""
+    vals = [v * scale for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return math.nan, math.nan, 0
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
+
+
+def format_mean_std(mean: float, std: float, n: int) -> str:
+    """``mean ± std`` with 2 decimals (just the mean for one seed, an en dash for none)."""
+    if n == 0:
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def markdown_table(table: pd.DataFrame, columns: Mapping[str, str], title: str, note: str) -> str:
+    """A markdown table of ``columns`` (key → header) with a title and a note line."""
+    header = "| " + " | ".join(columns.values()) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    lines = [f"### {title}", "", header, sep]
+    for _, row in table.iterrows():
+        cells = []
+        for key in columns:
+            value = row[key]
+            cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", note, ""])
+
+
+def write_table(table: pd.DataFrame, markdown: str, out_csv: str | Path | None, out_md: str | Path | None,
+                float_format: str | None = None) -> None:
+    """Write a table's CSV and/or markdown atomically (a path left out is not written)."""
+    if out_csv:
+        with atomic_path(Path(out_csv)) as tmp:
+            table.to_csv(tmp, index=False, float_format=float_format)
+    if out_md:
+        with atomic_path(Path(out_md)) as tmp:
+            tmp.write_text(markdown)
 
 
 def classification_table(runs: list[Mapping[str, Any]]) -> pd.DataFrame:
@@ -68,9 +89,7 @@ def classification_table(runs: list[Mapping[str, Any]]) -> pd.DataFrame:
         row: dict[str, Any] = {"tokenizer": tok, "method": DISPLAY_NAMES.get(tok, tok), "seeds": len(group),
                                "seed_list": " ".join(str(s) for s in sorted(group.seed))}
         for metric in METRICS:
-            values = group[metric].to_numpy(dtype=float)
-            row[f"{metric}_mean"] = float(values.mean())
-            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            row[f"{metric}_mean"], row[f"{metric}_std"], _ = mean_std(group[metric].tolist())
         row["params"] = group["params"].iloc[0]
         row["epochs"] = group["epochs"].iloc[0]
         row["train_items"] = group["train_items"].iloc[0]
@@ -101,16 +120,6 @@ def table_markdown(table: pd.DataFrame) -> str:
                      f"{f'{int(row.params):,}' if trained else '–'} | {row.epochs if trained else '–'} | "
                      f"{row.train_items} / {row.test_items} |")
     return "\n".join(lines) + "\n"
-
-
-def write_table(table: pd.DataFrame, out_csv: str | Path | None, out_md: str | Path | None) -> None:
-    """Write the CSV and/or Markdown table atomically."""
-    if out_csv:
-        with atomic_path(Path(out_csv)) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.4f")
-    if out_md:
-        with atomic_path(Path(out_md)) as tmp:
-            tmp.write_text(table_markdown(table))
 
 
 def plot_token_groups(run: Mapping[str, Any], out_png: str | Path) -> Path:
