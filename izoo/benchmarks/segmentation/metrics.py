@@ -1,4 +1,4 @@
-"""Semantic-segmentation metrics: a confusion matrix accumulated over batches, IoU per class and mIoU.
+"""Semantic-segmentation metrics over a confusion matrix (``benchmarks.engine.confusion_matrix``): IoU per class, mIoU.
 
 Cityscapes convention: 19 train ids, label 255 = ignore (never counted). A class that occurs neither in the
 ground truth nor in the predictions of the whole evaluation set has an undefined IoU and is left out of the mean,
