@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from izoo.benchmarks.pose.geometry import (camera_translation, compose_c2w, cons
 from izoo.benchmarks.pose.model import VolumeTokenizer
 from izoo.benchmarks.pose.refine import RefineSettings, photometric_error, refine_pose, se3_exp
 from izoo.benchmarks.pose.settings import PoseSettings
+from izoo.fitting.families import get_family
 from izoo.nerf.model import NerfSpec, init_params
 from izoo.nerf.render import query_grid, render_image, render_rays
 from izoo.nerf.synthetic import procedural_scene
@@ -157,7 +159,7 @@ def test_refinement_lowers_photometric_error(sphere):
 
 
 def make_nerf_archive(path, sphere, n_scenes=6):
-    """Scenes = the fitted sphere NeRF with small weight jitter, 3 classes, stored held-out poses and focal."""
+    """Scenes = the fitted sphere NeRF with small weight jitter, 3 classes, and the NeRF family's camera extras."""
     nerf, spec, scene = sphere
     gen = torch.Generator().manual_seed(0)
     params = {k: (v.expand(n_scenes, *v.shape[1:]) + 0.01 * torch.randn(n_scenes, *v.shape[1:], generator=gen))
@@ -165,10 +167,9 @@ def make_nerf_archive(path, sphere, n_scenes=6):
     items = pd.DataFrame({"index": np.arange(n_scenes), "item_id": [f"scene{i}" for i in range(n_scenes)],
                           "source_id": "synthetic", "split": "all", "label": [i % 3 for i in range(n_scenes)],
                           "psnr": 30.0, "phase": "basic", "iterations": 250, "seconds": 1.0, "passed": True})
-    test_poses = np.full((n_scenes, 3, 4, 4), np.nan, np.float32)  # NaN-padded like the NeRF family's extras
-    test_poses[:, :2] = scene.poses[scene.test_views].numpy()
-    extras = {"test_poses": test_poses, "focal": np.full((n_scenes,), scene.focal, np.float32),
-              "width": np.full((n_scenes,), 16, np.int64)}
+    # the cameras as the NeRF family archives them: 2 held-out views per scene, NaN-padded to 3
+    family = get_family("nerf")({"family": "nerf"}, {"archived_views": 3})
+    extras = family.extras([SimpleNamespace(item_id=f"scene{i}", scene=scene) for i in range(n_scenes)])
     write_inr_file(path, params, items, base_attrs("nerf", spec.to_dict(), dataset="omni", split="all"), extras)
     return path
 

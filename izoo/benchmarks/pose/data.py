@@ -15,6 +15,7 @@ import torch
 from izoo.archive.reader import InrArchive
 from izoo.benchmarks.pose.settings import PoseSettings
 from izoo.errors import IzooError
+from izoo.nerf.family import CAMERA_EXTRAS
 from izoo.nerf.model import NerfSpec
 from izoo.nerf.render import render_views
 from izoo.nerf.synthetic import look_at_pose
@@ -34,28 +35,24 @@ class SceneCameras:
     stored_poses: torch.Tensor | None     # held-out poses [V, 4, 4] when the archive has them
 
 
-POSE_EXTRAS = ("test_poses", "eval_poses", "heldout_poses", "poses", "cameras")
-FOCAL_EXTRAS = ("test_focal", "eval_focal", "focal")
-WIDTH_EXTRAS = ("test_width", "width", "image_width")
 
 
 def scene_cameras(arch: InrArchive, row: int, settings: PoseSettings) -> SceneCameras:
-    """Camera radius, elevation range and field of view of one scene, from its extras or the settings."""
+    """Camera radius, elevation range and field of view of one scene, from its camera extras or the settings.
+
+    The extras are the NeRF family's ``CAMERA_EXTRAS``; an archive without them (e.g. fitted elsewhere) falls back
+    to the settings' radius and elevation range and the Blender field of view.
+    """
+    names = CAMERA_EXTRAS
     poses = None
-    for name in POSE_EXTRAS:
-        if name in arch.extra_names:
-            value = np.asarray(arch.extras(name, [row])[0], dtype=np.float32)
-            if value.shape[-2:] == (4, 4):
-                value = value.reshape(-1, 4, 4)
-                # archives pad the held-out cameras of scenes with fewer views with NaN
-                poses = torch.from_numpy(value[np.isfinite(value).all(axis=(1, 2))])
-                break
+    if names["poses"] in arch.extra_names:
+        value = np.asarray(arch.extras(names["poses"], [row])[0], dtype=np.float32).reshape(-1, 4, 4)
+        # archives pad the held-out cameras of scenes with fewer views with NaN
+        poses = torch.from_numpy(value[np.isfinite(value).all(axis=(1, 2))])
     fov = BLENDER_FOV_X
-    focal_name = next((n for n in FOCAL_EXTRAS if n in arch.extra_names), None)
-    width_name = next((n for n in WIDTH_EXTRAS if n in arch.extra_names), None)
-    if focal_name and width_name:
-        focal = float(np.asarray(arch.extras(focal_name, [row])).reshape(-1)[0])
-        width = float(np.asarray(arch.extras(width_name, [row])).reshape(-1)[0])
+    if names["focal"] in arch.extra_names and names["width"] in arch.extra_names:
+        focal = float(np.asarray(arch.extras(names["focal"], [row])).reshape(-1)[0])
+        width = float(np.asarray(arch.extras(names["width"], [row])).reshape(-1)[0])
         fov = 2 * math.atan(0.5 * width / focal)
     if poses is None or len(poses) == 0:
         lo, hi = settings.elevation_deg
