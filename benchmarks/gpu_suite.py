@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import sys
 import time
@@ -39,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fit_throughput import fit_one_at_a_time, matmul_gflops, train_flops_per_pixel
+from _common import fit_one_at_a_time, matmul_gflops, sync, train_flops_per_pixel
 from izoo.datasets.demo import cifar_like_images
 from izoo.devices import resolve_device
 from izoo.fitting import engine
@@ -49,12 +48,6 @@ from izoo.fitting.recipes import RECIPES
 from izoo.models import siren
 
 CIFAR = siren.SirenSpec(depth=3, width=64, w0=30.0)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device (timings)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def say(text: str) -> None:
