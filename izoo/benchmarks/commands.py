@@ -18,6 +18,26 @@ from izoo.benchmarks.results import read_results, run_command, table_command, wr
 log = logging.getLogger(__name__)
 
 
+def _settings(cls, settings_arg: str | None, **overrides):
+    """A task's settings from ``--settings``, with the options given on the command line (not None) on top."""
+    settings = cls.from_json(settings_arg)
+    for name, value in overrides.items():
+        if value:
+            setattr(settings, name, value)
+    return settings
+
+
+def _add_table_command(sub: argparse._SubParsersAction, task: str, help_text: str, func,
+                       outputs_required: bool = True) -> argparse.ArgumentParser:
+    """A table command of ``task``: ``--runs`` (its result JSONs), ``--out-csv`` and ``--out-md``."""
+    t = sub.add_parser(table_command(task), help=help_text)
+    t.add_argument("--runs", nargs="+", required=True, help=f"{run_command(task)} result JSONs")
+    t.add_argument("--out-csv", required=outputs_required, default=None)
+    t.add_argument("--out-md", required=outputs_required, default=None)
+    t.set_defaults(func=func)
+    return t
+
+
 # -- classification (the paper's Table 2) ---------------------------------------------------------------------
 
 def _bench_classify(args: argparse.Namespace) -> int:
@@ -67,14 +87,10 @@ def register_classification(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=_bench_classify)
 
-    t = sub.add_parser(table_command("classification"),
-                       help="gather classification runs into a results table (+ figure)")
-    t.add_argument("--runs", nargs="+", required=True, help="bench-classify result JSONs")
-    t.add_argument("--out-csv", default=None)
-    t.add_argument("--out-md", default=None)
+    t = _add_table_command(sub, "classification", "gather classification runs into a results table (+ figure)",
+                           _bench_classify_table, outputs_required=False)
     t.add_argument("--figure-from", default=None, help="run JSON whose learned token coordinates to draw")
     t.add_argument("--out-png", default=None)
-    t.set_defaults(func=_bench_classify_table)
 
 
 # -- segmentation (the paper's Table 3) -----------------------------------------------------------------------
@@ -84,11 +100,7 @@ def _bench_segment(args: argparse.Namespace) -> int:
     from izoo.benchmarks.segmentation.settings import SegSettings
     from izoo.benchmarks.segmentation.train import train_segmentation
 
-    settings = SegSettings.from_json(args.settings)
-    if args.pretrained:
-        settings.encoder_checkpoint = args.pretrained
-    if args.device:
-        settings.device = args.device
+    settings = _settings(SegSettings, args.settings, encoder_checkpoint=args.pretrained, device=args.device)
     record = train_segmentation(args.train, args.test, args.tokenizer, args.seed, settings)
     write_result(record, args.out)
     log.info("%s seed %d: mIoU fine %.2f %%", args.tokenizer, args.seed, 100 * record.get("miou_fine", math.nan))
@@ -120,11 +132,7 @@ def register_segmentation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto (CUDA if present), cpu, cuda, ...")
     p.add_argument("--out", required=True, help="result JSON")
     p.set_defaults(func=_bench_segment)
-    t = sub.add_parser(table_command("segmentation"), help="Table 3 from bench-segment result files")
-    t.add_argument("--runs", nargs="+", required=True)
-    t.add_argument("--out-csv", required=True)
-    t.add_argument("--out-md", required=True)
-    t.set_defaults(func=_bench_segment_table)
+    _add_table_command(sub, "segmentation", "Table 3 from bench-segment result files", _bench_segment_table)
 
 
 # -- pose (the paper's Table 5) -------------------------------------------------------------------------------
@@ -134,11 +142,7 @@ def _bench_pose(args: argparse.Namespace) -> int:
     from izoo.benchmarks.pose.settings import PoseSettings
     from izoo.benchmarks.pose.train import train_pose
 
-    settings = PoseSettings.from_json(args.settings)
-    if args.tokenizer:
-        settings.tokenizer = args.tokenizer
-    if args.device:
-        settings.device = args.device
+    settings = _settings(PoseSettings, args.settings, tokenizer=args.tokenizer, device=args.device)
     record = train_pose(args.archive, args.kept, args.seed, settings)
     write_result(record, args.out)
     unseen = record["unseen"] or {}
@@ -171,11 +175,7 @@ def register_pose(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto (CUDA if present), cpu, cuda, ...")
     p.add_argument("--out", required=True, help="result JSON")
     p.set_defaults(func=_bench_pose)
-    t = sub.add_parser(table_command("pose"), help="Table 5 from bench-pose result files")
-    t.add_argument("--runs", nargs="+", required=True)
-    t.add_argument("--out-csv", required=True)
-    t.add_argument("--out-md", required=True)
-    t.set_defaults(func=_bench_pose_table)
+    _add_table_command(sub, "pose", "Table 5 from bench-pose result files", _bench_pose_table)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
