@@ -13,7 +13,6 @@ import izoo.archive
 from izoo.errors import IzooError
 from izoo.models import siren
 
-
 log = logging.getLogger(__name__)
 
 

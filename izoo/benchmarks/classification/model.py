@@ -15,7 +15,6 @@ from izoo.benchmarks.tokenizers import TOKENIZERS, CoordinateTokenizer
 from izoo.errors import IzooError
 from izoo.models import siren
 
-
 log = logging.getLogger(__name__)
 
 

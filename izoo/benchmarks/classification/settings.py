@@ -12,7 +12,6 @@ from izoo.errors import IzooError
 from izoo.jsonargs import json_file_of, load_json_object
 from izoo.models import siren
 
-
 #: short model names → timm architectures (any other timm ViT name is accepted as is)
 MODEL_NAMES = {
     "vit_tiny": "vit_tiny_patch16_224",    # depth 12, 3 heads, dim 192

@@ -19,7 +19,6 @@ from izoo.benchmarks.tables import mean_std, seed_references
 from izoo.benchmarks.tokenizers import DISPLAY_NAMES, TOKENIZERS
 from izoo.errors import IzooError
 
-
 METRICS = ("accuracy", "precision", "f1")
 #: the ``tokenizer`` value of the no-learning reference row
 REFERENCE = "reference"

@@ -23,7 +23,6 @@ from izoo.benchmarks.tokenizers import describe
 from izoo.devices import resolve_device
 from izoo.errors import IzooError
 
-
 log = logging.getLogger(__name__)
 
 

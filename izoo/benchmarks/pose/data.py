@@ -20,7 +20,6 @@ from izoo.nerf.model import NerfSpec
 from izoo.nerf.render import render_views
 from izoo.nerf.synthetic import look_at_pose
 
-
 #: Blender/NeRF-synthetic horizontal field of view (camera_angle_x), used when an archive stores no focal length
 BLENDER_FOV_X = 0.6911112070083618
 
@@ -33,8 +32,6 @@ class SceneCameras:
     elevation_range: tuple[float, float]  # radians
     fov_x: float
     stored_poses: torch.Tensor | None     # held-out poses [V, 4, 4] when the archive has them
-
-
 
 
 def scene_cameras(arch: InrArchive, row: int, settings: PoseSettings) -> SceneCameras:

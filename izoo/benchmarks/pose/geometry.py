@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 RE_THRESHOLDS = (5.0, 15.0, 30.0)
 
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from izoo.errors import IzooError
 from izoo.jsonargs import settings_from_json
 
-
 #: 3D tokenizers of the pose benchmark, in the row order of the paper's Table 5
 POSE_TOKENIZERS = ("uniform", "lc", "lp", "lp_reg")
 #: their method names in Table 5 (the paper's "Ours" is the uniform tokenizer)

@@ -9,7 +9,6 @@ import pandas as pd
 from izoo.benchmarks.pose.settings import POSE_TOKENIZERS
 from izoo.benchmarks.tables import format_mean_std, mean_std, seed_references
 
-
 #: (table key, column name) of the metrics of Table 5, in its row order
 TABLE_METRICS = (("te_mean", "TE"), ("re_mean", "RE"), ("re@5", "RE@5"), ("re@15", "RE@15"), ("re@30", "RE@30"))
 METRIC_LABELS = {"TE": "TE (cm) ↓", "RE": "RE (°) ↓", "RE@5": "RE@5 (%) ↑", "RE@15": "RE@15 (%) ↑",

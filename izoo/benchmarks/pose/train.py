@@ -24,7 +24,6 @@ from izoo.devices import resolve_device
 from izoo.errors import IzooError
 from izoo.nerf.model import NerfSpec
 
-
 log = logging.getLogger(__name__)
 
 

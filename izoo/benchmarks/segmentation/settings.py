@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from izoo.jsonargs import settings_from_json
 
-
 #: tokenizers of the paper's Table 3, in its row order
 SEG_TOKENIZERS = ("uniform", "lc", "lp_reg")
 #: label-map extras evaluated, with the name of their mIoU column

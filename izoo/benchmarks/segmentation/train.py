@@ -27,7 +27,6 @@ from izoo.benchmarks.tokenizers import DISPLAY_NAMES, describe
 from izoo.devices import resolve_device
 from izoo.errors import IzooError
 
-
 log = logging.getLogger(__name__)
 
 
