@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from izoo.benchmarks.classification.augment import OPS
 from izoo.errors import IzooError
-from izoo.jsonargs import json_file_of, load_json_object
+from izoo.jsonargs import json_file_of, settings_from_json
 from izoo.models import siren
 
 #: short model names → timm architectures (any other timm ViT name is accepted as is)
@@ -56,19 +55,13 @@ class ClassificationSettings:
 
     @classmethod
     def from_json(cls, text_or_path: str | Mapping[str, Any] | None) -> "ClassificationSettings":
-        """Settings from a JSON string, a path to a JSON file, or a dict; unknown keys are an error."""
-        if text_or_path is None or text_or_path == "":
-            return cls()
-        source = (json_file_of(text_or_path) if isinstance(text_or_path, str) else None) or "--settings"
-        raw = dict(text_or_path) if isinstance(text_or_path, Mapping) else load_json_object(str(text_or_path))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise IzooError(f"unknown classification settings {unknown}", source,
-                            f"use only {', '.join(sorted(known))}")
-        settings = cls(**{**dataclasses.asdict(cls()), **raw})
+        """Settings from a JSON string, a path to a JSON file, or a dict; unknown keys are an error.
+
+        ``augment`` is merged into its default (give only the keys that change), then the values are checked.
+        """
+        settings = settings_from_json(cls, text_or_path, "classification")
         settings.augment = {**cls().augment, **(settings.augment or {})}
-        settings.validate(source)
+        settings.validate((json_file_of(text_or_path) if isinstance(text_or_path, str) else None) or "--settings")
         return settings
 
     def validate(self, source: str = "--settings") -> None:
