@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from _common import timed
 import izoo.archive
 from izoo.archive import layout
 from izoo.archive.merge import merge_split
@@ -59,16 +60,6 @@ def write_shards(root: Path, spec: siren.SirenSpec, n_items: int, shard_size: in
     refined = [write(root / "fit" / "extended" / "job-0000.h5", picked, "extended"),
                write(root / "fit" / "until_threshold" / "job-0000.h5", picked[:half], "until_threshold")]
     return manifest_path, basic, refined
-
-
-def timed(fn, repeat: int = 1) -> tuple[float, object]:
-    """Best wall-clock seconds of ``repeat`` calls, and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
 
 
 def main() -> None:

@@ -21,8 +21,9 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from _common import fit_one_at_a_time, matmul_gflops, sync, train_flops_per_pixel, warm_up_engine
+from izoo.devices import resolve_device
 from izoo.fitting import engine
 from izoo.fitting.phases import phase_settings
 from izoo.models import siren
@@ -53,62 +54,6 @@ def real_patches(n: int, size: int = 32, short_sides: tuple[int, ...] = (64, 96)
     return torch.from_numpy(np.stack(patches[:n])).permute(0, 3, 1, 2).contiguous().clamp(0, 1)
 
 
-def train_flops_per_pixel(spec: siren.SirenSpec) -> int:
-    """Matmul FLOPs of one training step at one pixel: forward, weight gradients, input gradients (not layer 0)."""
-    dims = spec.layer_dims()
-    fwd = sum(2 * i * o for i, o in dims)
-    return fwd + fwd + sum(2 * i * o for i, o in dims[1:])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5, trials: int = 3) -> float:
-    """Best-of-``trials`` fp32 GFLOP/s of ``n×n @ n×n`` on ``device`` (TF32 if the device allows it)."""
-    if device.type == "cuda":
-        n, reps = 8192, 20
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
-    best = 0.0
-    for _ in range(trials):
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        _sync(device)
-        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-def fit_one_at_a_time(images: torch.Tensor, spec: siren.SirenSpec, iterations: int,
-                      device: torch.device = torch.device("cpu")) -> tuple[float, np.ndarray]:
-    """Paper-style loop; returns seconds and per-image PSNR."""
-    height, width = images.shape[2:]
-    images = images.to(device)
-    coords = siren.coordinate_grid(height, width, device=device)
-    init = siren.init_params(spec, [42] * len(images))
-    psnrs = []
-    t0 = time.perf_counter()
-    for k in range(len(images)):
-        model = siren.Siren.from_params(spec, init, k).to(device)
-        target = siren.normalise(images[k]).reshape(3, -1).t()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations, eta_min=1e-5)
-        for _ in range(iterations):
-            opt.zero_grad(set_to_none=True)
-            F.mse_loss(model(coords), target).backward()
-            opt.step()
-            sched.step()
-        with torch.no_grad():
-            pred = siren.denormalise_rgb(model(coords)).clamp(0, 1)
-            mse = (pred - images[k].reshape(3, -1).t()).pow(2).mean()
-        psnrs.append(float(-10 * torch.log10(mse)))
-    _sync(device)
-    return time.perf_counter() - t0, np.array(psnrs)
-
-
 def fit_batched_autograd(images: torch.Tensor, spec: siren.SirenSpec, iterations: int,
                          device: torch.device = torch.device("cpu")) -> tuple[float, np.ndarray]:
     """Batched but plain: ``siren.forward`` over stacked params, autograd, one ``torch.optim.Adam`` (for context)."""
@@ -125,19 +70,11 @@ def fit_batched_autograd(images: torch.Tensor, spec: siren.SirenSpec, iterations
         (siren.forward(params, coords, spec.w0) - target).pow(2).mean(dim=(1, 2)).sum().backward()
         opt.step()
         sched.step()
-    _sync(device)
+    sync(device)
     secs = time.perf_counter() - t0
     with torch.no_grad():
         pred = siren.render(params, spec, height, width)
     return secs, (-10 * torch.log10((pred - images).pow(2).mean(dim=(1, 2, 3)))).cpu().numpy()
-
-
-def warm_up_engine(batch: torch.Tensor, spec: siren.SirenSpec, device: torch.device, use_compile: bool) -> float:
-    """A 2-step fit of 4 items (compiles the step when ``use_compile``); returns its seconds."""
-    t0 = time.perf_counter()
-    engine.fit_images(batch[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4, device=device,
-                      use_compile=use_compile)
-    return time.perf_counter() - t0
 
 
 def chunk_sweep(batch: torch.Tensor, spec: siren.SirenSpec, settings, device: torch.device, chunks: list[int],
@@ -185,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    device = engine.resolve_device(args.device, tf32=not args.no_tf32)
+    device = resolve_device(args.device, tf32=not args.no_tf32)
     spec = siren.SirenSpec(depth=args.depth, width=args.width)
     images = real_patches(max(args.n_batched, args.n_loop))
     pixels = images.shape[2] * images.shape[3]

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from fit_throughput import warm_up_engine
+from _common import print_markdown_table, warm_up_engine
 from izoo.datasets import open_source
 from izoo.datasets.demo import make_cifar10
 from izoo.fitting import engine
@@ -113,16 +113,6 @@ def row(name: str, gate: float | None, r: dict, n: int) -> dict:
             "steps p90": f"{np.percentile(steps, 90):.0f}"}
 
 
-def print_table(rows: list[dict]) -> None:
-    """A Markdown table of the rows."""
-    cols = list(rows[0])
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "|".join("---" for _ in cols) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    sys.stdout.flush()
-
-
 def part_compare(root: Path, n_loop: int, n_batch: int, slots: int, released_recipe: bool = True) -> float:
     """Part 1; returns the released loop's items/s to 30 dB."""
     images = load_images(root, "test", max(n_loop, n_batch))
@@ -145,7 +135,7 @@ def part_compare(root: Path, n_loop: int, n_batch: int, slots: int, released_rec
         rel = izoo_fit(images[:n_batch], "released", 30.0, slots=slots)
         rows.append(row(f"izoo released recipe ({slots} slots)", 30.0, rel, n_batch))
     print()
-    print_table(rows)
+    print_markdown_table(rows)
     return loop_rate
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import sys
 import time
@@ -39,8 +38,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fit_throughput import fit_one_at_a_time, matmul_gflops, train_flops_per_pixel
+from _common import fit_one_at_a_time, matmul_gflops, sync, train_flops_per_pixel
 from izoo.datasets.demo import cifar_like_images
+from izoo.devices import resolve_device
 from izoo.fitting import engine
 from izoo.fitting.families import SirenFamily
 from izoo.fitting.phases import phase_settings
@@ -48,12 +48,6 @@ from izoo.fitting.recipes import RECIPES
 from izoo.models import siren
 
 CIFAR = siren.SirenSpec(depth=3, width=64, w0=30.0)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device (timings)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def say(text: str) -> None:
@@ -323,7 +317,7 @@ def main() -> None:
     ap.add_argument("--part-seconds", type=float, default=None, help="time box of each part (default 55, quick 60)")
     ap.add_argument("--parts", nargs="+", default=["cifar", "gate", "large", "nerf", "jax", "oom"])
     args = ap.parse_args()
-    device = engine.resolve_device(args.device, tf32=True)
+    device = resolve_device(args.device, tf32=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
     say(f"# gpu_suite.py {time.strftime('%Y-%m-%d %H:%M')} device={name} torch {torch.__version__} "
         f"threads {torch.get_num_threads()} quick={args.quick}")

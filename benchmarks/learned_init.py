@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
@@ -126,7 +125,8 @@ def describe(psnr: np.ndarray) -> str:
 
 def classification(args: argparse.Namespace, meta: MetaInitSettings) -> dict[str, float]:
     """Demo CIFAR set: meta-init on its train split, archives from both inits, the demo classifier on each."""
-    from izoo.benchmarks.classification import ClassificationSettings, run_classification
+    from izoo.benchmarks.classification.settings import ClassificationSettings
+    from izoo.benchmarks.classification.train import run_classification
     from izoo.datasets import open_source
     from izoo.datasets.demo import make_demo_data
     from izoo.datasets.manifest import build_manifest, load_manifest

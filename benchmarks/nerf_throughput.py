@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from _common import sync
 from izoo.fitting.phases import phase_settings
 from izoo.nerf.fitting import NerfBatchFit, RenderSettings
 from izoo.nerf.model import NerfSpec, init_params
@@ -34,12 +35,10 @@ def seconds_per_step(batch: int, spec: NerfSpec, render: RenderSettings, size: i
     settings = phase_settings({"iterations": steps + warmup, "lr": 5e-4, "lr_min": 5e-5}, "basic")
     fitter = NerfBatchFit(spec, scenes, settings, render, init_params(spec, [42] * batch), device=device)
     fitter.advance(warmup)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     start, cpu_start = time.perf_counter(), time.process_time()
     fitter.advance(steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps
 
 

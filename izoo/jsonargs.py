@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar
 
 from izoo.errors import IzooError
 
@@ -57,17 +57,19 @@ def load_json_object(value: str | None, option: str = "--settings",
     return doc
 
 
-def settings_from_json(cls: type[SettingsT], value: str | None, what: str) -> SettingsT:
-    """A settings dataclass from a JSON argument; unknown keys are a one-line error naming them and the known ones.
+def settings_from_json(cls: type[SettingsT], value: str | Mapping[str, Any] | None, what: str) -> SettingsT:
+    """A settings dataclass from a JSON argument (or an already parsed mapping); unknown keys are a one-line error
+    naming them and the known ones.
 
     JSON has no tuples, so a list given for a field whose default is a tuple becomes a tuple.
     """
-    raw = load_json_object(value)
+    from_mapping = isinstance(value, Mapping)
+    raw = dict(value) if from_mapping else load_json_object(value)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise IzooError(f"unknown {what} settings {unknown}", json_file_of(value) or "--settings",
-                        f"use only {', '.join(sorted(known))}")
+        raise IzooError(f"unknown {what} settings {unknown}", (None if from_mapping else json_file_of(value)) or
+                        "--settings", f"use only {', '.join(sorted(known))}")
     defaults = cls()
     for key, val in raw.items():
         if isinstance(getattr(defaults, key), tuple) and isinstance(val, list):

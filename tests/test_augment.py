@@ -6,7 +6,7 @@ import kornia
 import pytest
 import torch
 
-from izoo.benchmarks import augment as A
+from izoo.benchmarks.classification import augment as A
 from izoo.models import siren
 
 SPEC = siren.SirenSpec(depth=3, width=32)

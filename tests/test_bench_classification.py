@@ -12,8 +12,13 @@ import pytest
 import torch
 
 from izoo.archive import layout
-from izoo.benchmarks import classification as clf
-from izoo.benchmarks.tables import classification_table, load_runs, table_markdown
+from izoo.benchmarks.classification.data import InrSplit
+from izoo.benchmarks.classification.model import build_classifier, build_vit
+from izoo.benchmarks.classification.settings import ClassificationSettings
+from izoo.benchmarks.classification.table import classification_table, table_markdown
+from izoo.benchmarks.classification.train import (classification_metrics, majority_reference, make_scheduler,
+                                                  run_classification)
+from izoo.benchmarks.results import read_results, write_result
 from izoo.cli import main as izoo_main
 from izoo.errors import IzooError
 from izoo.models import siren
@@ -57,20 +62,20 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_settings_defaults_are_the_papers_and_bad_keys_fail() -> None:
-    s = clf.ClassificationSettings.from_json(None)
+    s = ClassificationSettings.from_json(None)
     assert (s.model, s.patch, s.epochs, s.batch_size, s.lr, s.optimizer, s.schedule, s.reg_weight) == \
         ("vit_tiny", 4, 200, 512, 1e-4, "adam", "cosine", 1.0)
     assert s.augment == {"n_ops": 2, "magnitude": 9, "enabled": True}
-    merged = clf.ClassificationSettings.from_json('{"epochs": 3, "augment": {"n_ops": 1}}')
+    merged = ClassificationSettings.from_json('{"epochs": 3, "augment": {"n_ops": 1}}')
     assert merged.epochs == 3 and merged.augment["n_ops"] == 1 and merged.augment["magnitude"] == 9
     with pytest.raises(IzooError, match="unknown classification settings"):
-        clf.ClassificationSettings.from_json('{"epoch": 3}')
+        ClassificationSettings.from_json('{"epoch": 3}')
     with pytest.raises(IzooError, match="checkpoint"):
-        clf.ClassificationSettings.from_json('{"checkpoint": "/nonexistent/vit.pth"}')
+        ClassificationSettings.from_json('{"checkpoint": "/nonexistent/vit.pth"}')
 
 
 def test_vit_tiny_is_the_papers_size() -> None:
-    vit = clf.build_vit(clf.ClassificationSettings(), num_classes=10)
+    vit = build_vit(ClassificationSettings(), num_classes=10)
     assert len(vit.blocks) == 12 and vit.embed_dim == 192 and vit.blocks[0].attn.num_heads == 3
     assert tuple(vit.patch_embed.proj.kernel_size) == (4, 4) and vit.patch_embed.num_patches == 64
 
@@ -78,7 +83,7 @@ def test_vit_tiny_is_the_papers_size() -> None:
 def test_metrics_match_hand_computed_values() -> None:
     pred = torch.tensor([0, 0, 1, 1, 2, 0])
     target = torch.tensor([0, 1, 1, 1, 2, 2])
-    m = clf.classification_metrics(pred, target, 3)
+    m = classification_metrics(pred, target, 3)
     # precision per class: 1/3, 2/2, 1/1; recall: 1/1, 2/3, 1/2
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["precision"] == pytest.approx((1 / 3 + 1 + 1) / 3)
@@ -87,12 +92,12 @@ def test_metrics_match_hand_computed_values() -> None:
 
 
 def test_checkpoint_loads_from_a_local_file_and_resets_the_head(tmp_path: Path) -> None:
-    settings = clf.ClassificationSettings(model="vit_tiny", image_size=16, patch=4,
+    settings = ClassificationSettings(model="vit_tiny", image_size=16, patch=4,
                                           model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2})
-    donor = clf.build_vit(settings, num_classes=7)
+    donor = build_vit(settings, num_classes=7)
     torch.save(donor.state_dict(), tmp_path / "vit.pth")
     settings.checkpoint = str(tmp_path / "vit.pth")
-    vit = clf.build_vit(settings, num_classes=3)
+    vit = build_vit(settings, num_classes=3)
     assert torch.equal(vit.blocks[0].attn.qkv.weight, donor.blocks[0].attn.qkv.weight)
     assert vit.head.weight.shape == (3, 32)
 
@@ -122,10 +127,10 @@ def test_lp_reg_run_and_table(archives: tuple[Path, Path], tmp_path: Path) -> No
     quick = {**TINY, "epochs": 1, "max_train_items": 64, "max_test_items": 32}
     paths = []
     for tok, seed in (("uniform", 0), ("uniform", 1), ("lp_reg", 0)):
-        result = clf.run_classification(train, test, tok, seed, clf.ClassificationSettings.from_json(quick), "cpu")
-        paths.append(clf.write_result(result, tmp_path / f"{tok}-seed{seed}.json"))
+        result = run_classification(train, test, tok, seed, ClassificationSettings.from_json(quick), "cpu")
+        paths.append(write_result(result, tmp_path / f"{tok}-seed{seed}.json"))
         assert result["train_items"] == 64 and result["test_items"] == 32
-    table = classification_table(load_runs(paths))
+    table = classification_table(read_results(paths, "classification"))
     assert list(table.tokenizer) == ["uniform", "lp_reg", "reference"] and list(table.seeds) == [2, 1, 2]
     runs = [json.loads(p.read_text()) for p in paths[:2]]
     accs = [100 * r["accuracy"] for r in runs]
@@ -147,13 +152,13 @@ def test_foreign_run_file_is_a_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "x.json"
     bad.write_text('{"hello": 1}')
     with pytest.raises(IzooError, match="not a classification run result"):
-        load_runs([bad])
+        read_results([bad], "classification")
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "warmup_cosine", "constant"])
 def test_lr_schedules(schedule: str) -> None:
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = clf.make_scheduler(opt, schedule, total_steps=100, warmup_steps=10)
+    sched = make_scheduler(opt, schedule, total_steps=100, warmup_steps=10)
     lrs = []
     for _ in range(100):
         lrs.append(opt.param_groups[0]["lr"])
@@ -170,8 +175,8 @@ def test_lr_schedules(schedule: str) -> None:
 
 def test_streamed_split_yields_the_same_items_as_in_memory(archives: tuple[Path, Path]) -> None:
     train, _ = archives
-    memory = clf.InrSplit(train, torch.device("cpu"), max_items=40, in_memory_gb=8.0)
-    streamed = clf.InrSplit(train, torch.device("cpu"), max_items=40, in_memory_gb=0.0)
+    memory = InrSplit(train, torch.device("cpu"), max_items=40, in_memory_gb=8.0)
+    streamed = InrSplit(train, torch.device("cpu"), max_items=40, in_memory_gb=0.0)
     assert memory.in_memory and not streamed.in_memory
     batches = list(streamed.batches(16, shuffle=False, generator=None))
     assert [len(labels) for _, labels in batches] == [16, 16, 8]
@@ -184,26 +189,26 @@ def test_streamed_split_yields_the_same_items_as_in_memory(archives: tuple[Path,
 
 def test_unlabelled_items_are_archived_but_left_out_of_classification(tmp_path: Path) -> None:
     mixed = synthetic_archive(tmp_path / "mixed.h5", 24, 3, unlabelled=8)
-    split = clf.InrSplit(mixed, torch.device("cpu"), max_items=None, in_memory_gb=8.0)
+    split = InrSplit(mixed, torch.device("cpu"), max_items=None, in_memory_gb=8.0)
     assert len(split) == 16 and split.unlabelled == 8 and bool((split.labels >= 0).all())
-    streamed = clf.InrSplit(mixed, torch.device("cpu"), max_items=None, in_memory_gb=0.0)
+    streamed = InrSplit(mixed, torch.device("cpu"), max_items=None, in_memory_gb=0.0)
     assert torch.equal(torch.cat([labels for _, labels in streamed.batches(5, False, None)]), split.labels)
     only_test = synthetic_archive(tmp_path / "test_split.h5", 6, 4, unlabelled=6)
     with pytest.raises(IzooError, match="no labelled items"):
-        clf.InrSplit(only_test, torch.device("cpu"), max_items=None, in_memory_gb=8.0)
+        InrSplit(only_test, torch.device("cpu"), max_items=None, in_memory_gb=8.0)
 
 
 def test_steps_end_training_and_inception_normalisation(archives: tuple[Path, Path]) -> None:
     train, test = archives
     quick = {**TINY, "steps": 3, "epochs": 50, "max_train_items": 64, "max_test_items": 16,
              "input_norm": "inception", "schedule": "warmup_cosine", "warmup_epochs": 1}
-    result = clf.run_classification(train, test, "uniform", 0, clf.ClassificationSettings.from_json(quick), "cpu")
+    result = run_classification(train, test, "uniform", 0, ClassificationSettings.from_json(quick), "cpu")
     assert result["steps"] == 3 and result["epochs_run"] == 2 and len(result["history"]) == 2  # 2 steps per epoch
     with pytest.raises(IzooError, match="input_norm"):
-        clf.ClassificationSettings.from_json('{"input_norm": "bgr"}')
+        ClassificationSettings.from_json('{"input_norm": "bgr"}')
     # the ViT sees (x01 - 0.5) / 0.5 where the SIRENs give ImageNet-normalised x
-    settings = clf.ClassificationSettings.from_json({**quick, "augment": {"enabled": False}})
-    model = clf.build_classifier(settings, "uniform", CLASSES, SPEC)
+    settings = ClassificationSettings.from_json({**quick, "augment": {"enabled": False}})
+    model = build_classifier(settings, "uniform", CLASSES, SPEC)
     params = layout_params(train)
     seen = {}
     model.vit.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0]))
@@ -220,5 +225,5 @@ def layout_params(path: Path) -> list[torch.Tensor]:
 
 
 def test_majority_reference() -> None:
-    ref = clf.majority_reference(torch.tensor([2, 2, 1, 0]), torch.tensor([2, 0, 0, 2, 1]), 3)
+    ref = majority_reference(torch.tensor([2, 2, 1, 0]), torch.tensor([2, 0, 0, 2, 1]), 3)
     assert ref["predicts"] == 2 and ref["accuracy"] == pytest.approx(2 / 5)

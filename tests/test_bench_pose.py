@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,15 @@ import pytest
 import torch
 
 from izoo.archive.layout import base_attrs, write_inr_file
-from izoo.benchmarks import pose as pb
-from izoo.benchmarks.pose_refine import RefineSettings, photometric_error, refine_pose, se3_exp
+from izoo.archive.reader import open_archive
+from izoo.benchmarks.pose.data import SceneCameras, sample_poses, scene_cameras, split_scenes
+from izoo.benchmarks.pose.geometry import (camera_translation, compose_c2w, constant_pose, geodesic_rotation_error_deg,
+                                          matrix_to_rotation_6d, mean_rotation, pose_errors, rotation_6d_to_matrix,
+                                          summarise_errors)
+from izoo.benchmarks.pose.model import VolumeTokenizer
+from izoo.benchmarks.pose.refine import RefineSettings, photometric_error, refine_pose, se3_exp
+from izoo.benchmarks.pose.settings import PoseSettings
+from izoo.fitting.families import get_family
 from izoo.nerf.model import NerfSpec, init_params
 from izoo.nerf.render import query_grid, render_image, render_rays
 from izoo.nerf.synthetic import procedural_scene
@@ -38,26 +46,26 @@ def random_rotations(n, seed):
 def test_geodesic_error_on_known_rotations():
     eye = torch.eye(3)
     for deg in (0.0, 0.5, 5.0, 30.0, 90.0, 179.0, 180.0):
-        assert float(pb.geodesic_rotation_error_deg(rot_z(deg), eye)) == pytest.approx(deg, abs=1e-3)
+        assert float(geodesic_rotation_error_deg(rot_z(deg), eye)) == pytest.approx(deg, abs=1e-3)
     # composition about different axes: 90° about z then 90° about x is a 120° rotation
-    assert float(pb.geodesic_rotation_error_deg(rot_z(90) @ rot_x(90), eye)) == pytest.approx(120.0, abs=1e-3)
+    assert float(geodesic_rotation_error_deg(rot_z(90) @ rot_x(90), eye)) == pytest.approx(120.0, abs=1e-3)
     # the error depends only on the relative rotation
     base = random_rotations(1, 3)[0]
-    assert float(pb.geodesic_rotation_error_deg(base @ rot_x(20), base)) == pytest.approx(20.0, abs=1e-3)
+    assert float(geodesic_rotation_error_deg(base @ rot_x(20), base)) == pytest.approx(20.0, abs=1e-3)
 
 
 def test_geodesic_error_is_symmetric():
     a, b = random_rotations(16, 0), random_rotations(16, 1)
-    ab, ba = pb.geodesic_rotation_error_deg(a, b), pb.geodesic_rotation_error_deg(b, a)
+    ab, ba = geodesic_rotation_error_deg(a, b), geodesic_rotation_error_deg(b, a)
     assert torch.allclose(ab, ba, atol=1e-4)
     assert bool((ab >= 0).all() and (ab <= 180).all())
 
 
 def test_6d_round_trip_and_gram_schmidt():
     rots = random_rotations(8, 2)
-    assert torch.allclose(pb.rotation_6d_to_matrix(pb.matrix_to_rotation_6d(rots)), rots, atol=1e-5)
+    assert torch.allclose(rotation_6d_to_matrix(matrix_to_rotation_6d(rots)), rots, atol=1e-5)
     any6 = torch.randn(5, 6)
-    r = pb.rotation_6d_to_matrix(any6)
+    r = rotation_6d_to_matrix(any6)
     assert torch.allclose(r.transpose(-1, -2) @ r, torch.eye(3).expand(5, 3, 3), atol=1e-5)
     assert torch.allclose(torch.linalg.det(r), torch.ones(5), atol=1e-5)
 
@@ -66,13 +74,13 @@ def test_compose_c2w_inverts_camera_translation():
     pose = torch.eye(4)
     pose[:3, :3] = random_rotations(1, 5)[0]
     pose[:3, 3] = torch.tensor([1.0, -2.0, 3.0])
-    assert torch.allclose(pb.compose_c2w(pose[:3, :3], pb.camera_translation(pose)), pose, atol=1e-5)
+    assert torch.allclose(compose_c2w(pose[:3, :3], camera_translation(pose)), pose, atol=1e-5)
 
 
 def test_summary_thresholds():
     te = torch.tensor([0.01, 0.02, 0.03, 0.04])
     re = torch.tensor([1.0, 10.0, 20.0, 40.0])
-    s = pb.summarise_errors(te, re)
+    s = summarise_errors(te, re)
     assert s["re@5"] == 25.0 and s["re@15"] == 50.0 and s["re@30"] == 75.0
     assert s["te_mean"] == pytest.approx(2.5) and s["re_mean"] == pytest.approx(17.75)
 
@@ -80,18 +88,18 @@ def test_summary_thresholds():
 def test_split_is_per_class_disjoint_and_keeps_singletons_seen():
     kept = pd.DataFrame({"item_id": [f"s{i}" for i in range(13)], "label": [0] * 10 + [1] * 2 + [2],
                          "row": range(13)})
-    seen, unseen = pb.split_scenes(kept, 0.2, seed=0)
+    seen, unseen = split_scenes(kept, 0.2, seed=0)
     assert not set(seen) & set(unseen) and sorted(seen + unseen) == list(range(13))
     labels = kept.set_index("row")["label"]
     assert sorted(labels[unseen].tolist()) == [0, 0, 1]
     assert 12 in seen
-    assert pb.split_scenes(kept, 0.2, seed=0) == (seen, unseen)
+    assert split_scenes(kept, 0.2, seed=0) == (seen, unseen)
 
 
 def test_uniform_volume_tokenizer_matches_query_grid():
     spec = NerfSpec(depth=2, width=16, pos_freqs=2, dir_freqs=1)
     nerf = init_params(spec, [0, 1])
-    tok = pb.VolumeTokenizer("uniform", resolution=8, volume_size=4, bound=1.5, dim=6)
+    tok = VolumeTokenizer("uniform", resolution=8, volume_size=4, bound=1.5, dim=6)
     vals = tok.values(nerf, spec)                                   # [B, 8 tokens, 64 points, 4]
     grid = query_grid(nerf, spec, resolution=8, bound=1.5)          # [B, 4, 8, 8, 8]
     # token (1, 0, 1), point (2, 3, 0) sits at grid index (1*4+2, 0*4+3, 1*4+0)
@@ -102,10 +110,10 @@ def test_uniform_volume_tokenizer_matches_query_grid():
     tokens = tok.embed_values(vals)
     assert tokens.shape == (2, 8, 6)
     for kind in ("lc", "lp", "lp_reg"):
-        learn = pb.VolumeTokenizer(kind, resolution=8, volume_size=4, bound=1.5, dim=6)
+        learn = VolumeTokenizer(kind, resolution=8, volume_size=4, bound=1.5, dim=6)
         assert torch.allclose(learn.points(), tok.points(), atol=1e-5)
         assert learn.coordinate_parameters()
-    assert float(pb.VolumeTokenizer("lp_reg", 8, 4, 1.5, 6).penalty().detach()) == 0.0  # grid points are a cell apart
+    assert float(VolumeTokenizer("lp_reg", 8, 4, 1.5, 6).penalty().detach()) == 0.0  # grid points are a cell apart
 
 
 def fit_sphere_nerf(size=16, steps=120, seed=0):
@@ -145,13 +153,13 @@ def test_refinement_lowers_photometric_error(sphere):
     before = photometric_error(nerf, spec, target, perturbed, scene.focal, n_samples=24)
     after = photometric_error(nerf, spec, target, refined, scene.focal, n_samples=24)
     assert after < 0.5 * before
-    _, re_before = pb.pose_errors(perturbed, true)
-    _, re_after = pb.pose_errors(refined, true)
+    _, re_before = pose_errors(perturbed, true)
+    _, re_after = pose_errors(refined, true)
     assert float(re_after) < float(re_before)
 
 
 def make_nerf_archive(path, sphere, n_scenes=6):
-    """Scenes = the fitted sphere NeRF with small weight jitter, 3 classes, stored held-out poses and focal."""
+    """Scenes = the fitted sphere NeRF with small weight jitter, 3 classes, and the NeRF family's camera extras."""
     nerf, spec, scene = sphere
     gen = torch.Generator().manual_seed(0)
     params = {k: (v.expand(n_scenes, *v.shape[1:]) + 0.01 * torch.randn(n_scenes, *v.shape[1:], generator=gen))
@@ -159,10 +167,9 @@ def make_nerf_archive(path, sphere, n_scenes=6):
     items = pd.DataFrame({"index": np.arange(n_scenes), "item_id": [f"scene{i}" for i in range(n_scenes)],
                           "source_id": "synthetic", "split": "all", "label": [i % 3 for i in range(n_scenes)],
                           "psnr": 30.0, "phase": "basic", "iterations": 250, "seconds": 1.0, "passed": True})
-    test_poses = np.full((n_scenes, 3, 4, 4), np.nan, np.float32)  # NaN-padded like the NeRF family's extras
-    test_poses[:, :2] = scene.poses[scene.test_views].numpy()
-    extras = {"test_poses": test_poses, "focal": np.full((n_scenes,), scene.focal, np.float32),
-              "width": np.full((n_scenes,), 16, np.int64)}
+    # the cameras as the NeRF family archives them: 2 held-out views per scene, NaN-padded to 3
+    family = get_family("nerf")({"family": "nerf"}, {"archived_views": 3})
+    extras = family.extras([SimpleNamespace(item_id=f"scene{i}", scene=scene) for i in range(n_scenes)])
     write_inr_file(path, params, items, base_attrs("nerf", spec.to_dict(), dataset="omni", split="all"), extras)
     return path
 
@@ -209,17 +216,17 @@ def test_short_training_run_end_to_end_through_cli(tmp_path, sphere):
 
 
 def test_scene_cameras_from_stored_poses(tmp_path, sphere):
-    archive = pb.open_archive(make_nerf_archive(tmp_path / "all.h5", sphere, n_scenes=2))
-    cams = pb.scene_cameras(archive, 1, pb.PoseSettings())
+    archive = open_archive(make_nerf_archive(tmp_path / "all.h5", sphere, n_scenes=2))
+    cams = scene_cameras(archive, 1, PoseSettings())
     assert cams.radius == pytest.approx(4.0, rel=1e-4)
     assert math.degrees(cams.elevation_range[0]) == pytest.approx(45.0, abs=1e-3)
     assert cams.fov_x == pytest.approx(math.radians(40.0), rel=1e-4)
-    poses = pb.sample_poses(5, cams, torch.Generator().manual_seed(0))
+    poses = sample_poses(5, cams, torch.Generator().manual_seed(0))
     assert torch.allclose(poses[:, :3, 3].norm(dim=-1), torch.full((5,), 4.0), atol=1e-4)
 
 
 def test_variants_map_to_training_jobs():
-    from izoo.benchmarks.variants import pose_training_jobs
+    from izoo.benchmarks.pose.variants import pose_training_jobs
 
     assert pose_training_jobs(["plain"]) == {"plain": {"pretrain": False, "refine": False}}
     # refinement post-processes a trained model: no extra training job, its base job refines
@@ -232,16 +239,16 @@ def test_variants_map_to_training_jobs():
 
 def test_constant_pose_is_the_best_single_training_rotation():
     gen = torch.Generator().manual_seed(0)
-    cams = pb.SceneCameras(4.0, (0.0, math.radians(60)), 0.7, None)
-    poses = pb.sample_poses(64, cams, gen)
-    still = pb.constant_pose(poses)
-    _, re = pb.pose_errors(still.expand_as(poses), poses)
+    cams = SceneCameras(4.0, (0.0, math.radians(60)), 0.7, None)
+    poses = sample_poses(64, cams, gen)
+    still = constant_pose(poses)
+    _, re = pose_errors(still.expand_as(poses), poses)
     for k in range(0, 64, 7):  # no training pose used as the constant does better on the training poses
-        _, other = pb.pose_errors(poses[k].expand_as(poses), poses)
+        _, other = pose_errors(poses[k].expand_as(poses), poses)
         assert float(re.mean()) <= float(other.mean()) + 1e-4
-    assert torch.allclose(pb.camera_translation(still), pb.camera_translation(poses).mean(0), atol=1e-5)
+    assert torch.allclose(camera_translation(still), camera_translation(poses).mean(0), atol=1e-5)
     rots = random_rotations(3, 9)
-    assert torch.allclose(pb.mean_rotation(rots[:1].expand(5, 3, 3)), rots[0], atol=1e-5)
+    assert torch.allclose(mean_rotation(rots[:1].expand(5, 3, 3)), rots[0], atol=1e-5)
 
 
 def test_config_takes_variants_for_pose_benchmarks_only():

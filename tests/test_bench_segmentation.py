@@ -11,8 +11,13 @@ import pytest
 import torch
 
 from izoo.archive.layout import base_attrs, write_inr_file
-from izoo.benchmarks import segmentation as seg
-from izoo.benchmarks.seg_metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from izoo.archive.reader import open_archive
+from izoo.benchmarks.engine import confusion_matrix
+from izoo.benchmarks.segmentation.metrics import IGNORE_INDEX, iou_per_class, mean_iou, pixel_accuracy
+from izoo.benchmarks.segmentation.model import InrSegmenter, SegFormerHead, build_encoder, count_gflops
+from izoo.benchmarks.segmentation.settings import SegSettings
+from izoo.benchmarks.segmentation.train import majority_reference, train_segmentation
+from izoo.benchmarks.segmentation.transforms import hflip_params, zoom_crop
 from izoo.models import siren
 
 TINY_ENCODER = {"depths": [1, 1, 1, 1], "embed_dims": [8, 16, 16, 16], "num_heads": [1, 1, 1, 1],
@@ -24,7 +29,7 @@ def test_miou_matches_hand_computed_case():
     # 3 classes; 255 pixels are ignored whatever they are predicted as
     target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
     pred = torch.tensor([[0, 1, 1, 1], [2, 0, 0, 2]])
-    conf = confusion_matrix(pred, target, num_classes=3)
+    conf = confusion_matrix(pred, target, num_classes=3, ignore_index=IGNORE_INDEX)
     assert conf.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     # IoU: class 0 = 1 / (2 + 2 - 1) = 1/3, class 1 = 2 / (2 + 3 - 2) = 2/3, class 2 = 1 / (2 + 1 - 1) = 1/2
     assert iou_per_class(conf).tolist() == pytest.approx([1 / 3, 2 / 3, 1 / 2])
@@ -43,14 +48,14 @@ def test_miou_skips_classes_absent_everywhere():
 def test_hflip_in_weight_space_mirrors_the_image():
     spec = siren.SirenSpec(depth=3, width=16)
     params = siren.init_params(spec, [1, 2])
-    flipped = seg.hflip_params(params, torch.tensor([True, False]))
+    flipped = hflip_params(params, torch.tensor([True, False]))
     img, img_f = siren.render(params, spec, 6, 10), siren.render(flipped, spec, 6, 10)
     assert torch.allclose(img_f[0], img[0].flip(-1), atol=1e-5)
     assert torch.equal(img_f[1], img[1])
 
 
 def test_segformer_head_shapes():
-    head = seg.SegFormerHead([8, 16, 24, 32], dim=12, num_classes=5)
+    head = SegFormerHead([8, 16, 24, 32], dim=12, num_classes=5)
     feats = [torch.randn(2, c, 16 // 2 ** i, 32 // 2 ** i) for i, c in enumerate([8, 16, 24, 32])]
     assert head(feats).shape == (2, 5, 16, 32)
 
@@ -76,14 +81,14 @@ def tiny_settings(**over):
     base = dict(height=32, width=64, patch=4, num_classes=3, steps=3, batch_size=2, eval_batch_size=4,
                 encoder_kwargs=TINY_ENCODER, decoder_dim=8, log_every=0)
     base.update(over)
-    return seg.SegSettings(**base)
+    return SegSettings(**base)
 
 
 @pytest.mark.parametrize("tokenizer", ["uniform", "lp_reg"])
 def test_short_training_run_end_to_end(tmp_path, tokenizer):
     train = make_seg_archive(tmp_path / "train.h5", 4, 32, 64, seed=0)
     val = make_seg_archive(tmp_path / "val.h5", 2, 32, 64, seed=10)
-    record = seg.train_segmentation(train, val, tokenizer, seed=0, settings=tiny_settings())
+    record = train_segmentation(train, val, tokenizer, seed=0, settings=tiny_settings())
     assert 0.0 <= record["miou_fine"] <= 1.0 and 0.0 <= record["miou_coarse"] <= 1.0
     assert record["gflops_with_query"] > record["gflops_network"] > 0
     assert record["params"] > (32 * 64 * 2 if tokenizer == "lp_reg" else 0)
@@ -114,7 +119,7 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     from izoo.errors import IzooError
 
     with pytest.raises(IzooError, match="checkpoint is missing"):
-        seg.build_encoder(tiny_settings(encoder_checkpoint=str(tmp_path / "nope.pth")))
+        build_encoder(tiny_settings(encoder_checkpoint=str(tmp_path / "nope.pth")))
 
 
 def test_local_checkpoint_loads(tmp_path):
@@ -123,17 +128,17 @@ def test_local_checkpoint_loads(tmp_path):
     full = timm.create_model("pvt_v2_b0", pretrained=False, **TINY_ENCODER)
     ckpt = tmp_path / "enc.pth"
     torch.save(full.state_dict(), ckpt)
-    enc = seg.build_encoder(tiny_settings(encoder_checkpoint=str(ckpt)))
+    enc = build_encoder(tiny_settings(encoder_checkpoint=str(ckpt)))
     assert torch.equal(enc.state_dict()["patch_embed.proj.weight"], full.state_dict()["patch_embed.proj.weight"])
 
 
 def test_gflops_of_the_inr_query_match_the_siren_layer_sizes():
     spec = siren.SirenSpec(depth=3, width=16)
-    model = seg.InrSegmenter(tiny_settings(), "lc")
-    flops = seg.count_gflops(model, siren.init_params(spec, [0]), spec.w0)
+    model = InrSegmenter(tiny_settings(), "lc")
+    flops = count_gflops(model, siren.init_params(spec, [0]), spec.w0)
     assert flops["gflops_inr_query"] * 1e9 == pytest.approx(spec.flops_per_pixel() * 32 * 64)
     assert flops["gflops_paper_convention"] == pytest.approx(flops["gflops_with_query"])
-    uniform = seg.count_gflops(seg.InrSegmenter(tiny_settings(), "uniform"), siren.init_params(spec, [0]), spec.w0)
+    uniform = count_gflops(InrSegmenter(tiny_settings(), "uniform"), siren.init_params(spec, [0]), spec.w0)
     assert uniform["gflops_paper_convention"] == pytest.approx(uniform["gflops_network"])
 
 
@@ -143,7 +148,7 @@ def test_zoom_crop_in_weight_space_is_exact():
     labels = torch.arange(32, dtype=torch.long).reshape(1, 4, 8).repeat(2, 1, 1)
     ratio = torch.tensor([2.0, 1.0])
     offset = torch.tensor([[-0.5, -0.5], [0.0, 0.0]])  # item 0: the top-left quadrant, 2× larger
-    zoomed, zlabels = seg.zoom_crop(params, labels, ratio, offset)
+    zoomed, zlabels = zoom_crop(params, labels, ratio, offset)
     grid = siren.coordinate_grid(4, 8)
     expect = siren.forward(params, grid[None] / ratio[:, None, None] + offset[:, None, :], spec.w0)
     assert torch.allclose(siren.forward(zoomed, grid, spec.w0), expect, atol=1e-5)
@@ -156,10 +161,10 @@ def test_majority_reference_miou_on_the_test_split(tmp_path):
     train = make_seg_archive(tmp_path / "train.h5", 3, 8, 16, seed=0)
     test = make_seg_archive(tmp_path / "test.h5", 2, 8, 16, seed=5)
     settings = tiny_settings(height=8, width=16)
-    ref = seg.majority_reference(seg.open_archive(train), seg.open_archive(test), settings)
-    train_maps = seg.open_archive(train).label_maps()
+    ref = majority_reference(open_archive(train), open_archive(test), settings)
+    train_maps = open_archive(train).label_maps()
     majority = int(np.bincount(train_maps[train_maps < 3], minlength=3).argmax())
-    target = torch.from_numpy(seg.open_archive(test).label_maps().astype(np.int64))
+    target = torch.from_numpy(open_archive(test).label_maps().astype(np.int64))
     confusion = confusion_matrix(torch.full_like(target, majority), target, 3)
     assert ref["predicts"] == majority
     assert ref["miou_fine"] == pytest.approx(mean_iou(confusion)) and ref["miou_coarse"] == ref["miou_fine"]

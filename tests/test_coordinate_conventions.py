@@ -12,7 +12,7 @@ import torch
 
 import izoo.archive
 from izoo.archive.verify import verify_archive
-from izoo.benchmarks.segmentation import zoom_crop
+from izoo.benchmarks.segmentation.transforms import zoom_crop
 from izoo.benchmarks.tokenizers import CoordinateTokenizer
 from izoo.errors import IzooError
 from izoo.models import siren

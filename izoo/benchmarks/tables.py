@@ -1,46 +1,16 @@
-"""Classification results: the paper's Table 2 (mean ± std over seeds) as CSV and Markdown, and the token figure.
-
-``classification_table(runs)`` turns run JSONs (one per tokenizer and seed, from ``izoo bench-classify``)
-into one row per tokenizer, plus a last row showing what no learning scores on the same test split (the
-majority class of the train split, predicted for every item); ``plot_token_groups(run, out_png)`` draws the learned query coordinates
-coloured by token, next to their starting grid (like the paper's Fig. 6).
-"""
+"""Table helpers every benchmark shares: mean ± std cells over seeds, the no-learning reference of each seed,
+a generic markdown table and the atomic CSV/markdown writer."""
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from izoo.atomic import atomic_path
-from izoo.benchmarks.tokenizers import DISPLAY_NAMES, TOKENIZERS
-from izoo.errors import IzooError
-
-METRICS = ("accuracy", "precision", "f1")
-#: the ``tokenizer`` value of the no-learning reference row
-REFERENCE = "reference"
-
-
-def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Read run JSONs; a missing or foreign file raises a one-line ``IzooError``."""
-    runs = []
-    for path in paths:
-        path = Path(path)
-        try:
-            run = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IzooError(f"cannot read run result ({type(exc).__name__})", path,
-                            "rerun the bench-classify job that writes it") from exc
-        if run.get("task") != "classification" or any(k not in run for k in ("tokenizer", "seed", *METRICS)):
-            raise IzooError("not a classification run result", path, "pass files written by `izoo bench-classify`")
-        run["_path"] = str(path)
-        runs.append(run)
-    if not runs:
-        raise IzooError("no run results given", None, "pass --runs with at least one bench-classify JSON")
-    return runs
 
 
 def seed_references(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -49,99 +19,41 @@ def seed_references(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [by_seed[seed] for seed in sorted(by_seed, key=str)]
 
 
-def classification_table(runs: list[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per tokenizer (paper order): seeds, mean and std (sample std, 0 for one seed) of each metric, in %."""
-    frame = pd.DataFrame([{"tokenizer": r["tokenizer"], "seed": r["seed"],
-                           **{m: 100.0 * float(r[m]) for m in METRICS},
-                           "params": r.get("params"),
-                           "epochs": r.get("epochs_run", (r.get("settings") or {}).get("epochs")),
-                           "train_items": r.get("train_items"), "test_items": r.get("test_items"),
-                           "seconds": r.get("seconds")} for r in runs])
-    duplicated = frame[frame.duplicated(["tokenizer", "seed"], keep=False)]
-    if len(duplicated):
-        raise IzooError(f"two results for the same (tokenizer, seed): {duplicated[['tokenizer', 'seed']].values.tolist()}",
-                        None, "pass each run once")
-    rows = []
-    order = [t for t in TOKENIZERS if t in set(frame.tokenizer)] + sorted(set(frame.tokenizer) - set(TOKENIZERS))
-    for tok in order:
-        group = frame[frame.tokenizer == tok]
-        row: dict[str, Any] = {"tokenizer": tok, "method": DISPLAY_NAMES.get(tok, tok), "seeds": len(group),
-                               "seed_list": " ".join(str(s) for s in sorted(group.seed))}
-        for metric in METRICS:
-            values = group[metric].to_numpy(dtype=float)
-            row[f"{metric}_mean"] = float(values.mean())
-            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        row["params"] = group["params"].iloc[0]
-        row["epochs"] = group["epochs"].iloc[0]
-        row["train_items"] = group["train_items"].iloc[0]
-        row["test_items"] = group["test_items"].iloc[0]
-        row["seconds_mean"] = float(group["seconds"].astype(float).mean())
-        rows.append(row)
-    references = seed_references(runs)
-    if references:
-        row = {"tokenizer": REFERENCE, "method": f"no learning ({references[0]['rule']})",
-               "seeds": len(references), "seed_list": ""}
-        for metric in METRICS:
-            values = np.array([100.0 * float(ref[metric]) for ref in references])
-            row[f"{metric}_mean"], row[f"{metric}_std"] = float(values.mean()), float(values.std())
-        row.update(params=0, epochs=0, train_items=rows[-1]["train_items"], test_items=rows[-1]["test_items"],
-                   seconds_mean=0.0)
-        rows.append(row)
-    return pd.DataFrame(rows)
+def mean_std(values: Sequence[float | None], scale: float = 1.0) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one value) and count of the finite values, each times ``scale``."""
+    vals = [v * scale for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return math.nan, math.nan, 0
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
 
 
-def table_markdown(table: pd.DataFrame) -> str:
-    """The table as Markdown: method, seeds, accuracy / precision / F1 as ``mean ± std`` (%)."""
-    lines = ["| method | seeds | accuracy (%) | precision (%) | F1 (%) | params | epochs | train / test items |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in table.itertuples():
-        cells = [f"{getattr(row, m + '_mean'):.2f} ± {getattr(row, m + '_std'):.2f}" for m in METRICS]
-        trained = row.tokenizer != REFERENCE
-        lines.append(f"| {row.method} | {row.seeds if trained else '–'} | {' | '.join(cells)} | "
-                     f"{f'{int(row.params):,}' if trained else '–'} | {row.epochs if trained else '–'} | "
-                     f"{row.train_items} / {row.test_items} |")
-    return "\n".join(lines) + "\n"
+def format_mean_std(mean: float, std: float, n: int) -> str:
+    """``mean ± std`` with 2 decimals (just the mean for one seed, an en dash for none)."""
+    if n == 0:
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
 
 
-def write_table(table: pd.DataFrame, out_csv: str | Path | None, out_md: str | Path | None) -> None:
-    """Write the CSV and/or Markdown table atomically."""
+def markdown_table(table: pd.DataFrame, columns: Mapping[str, str], title: str, note: str) -> str:
+    """A markdown table of ``columns`` (key → header) with a title and a note line."""
+    header = "| " + " | ".join(columns.values()) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    lines = [f"### {title}", "", header, sep]
+    for _, row in table.iterrows():
+        cells = []
+        for key in columns:
+            value = row[key]
+            cells.append(f"{value:.2f}" if isinstance(value, float) else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", note, ""])
+
+
+def write_table(table: pd.DataFrame, markdown: str, out_csv: str | Path | None, out_md: str | Path | None,
+                float_format: str | None = None) -> None:
+    """Write a table's CSV and/or markdown atomically (a path left out is not written)."""
     if out_csv:
         with atomic_path(Path(out_csv)) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.4f")
+            table.to_csv(tmp, index=False, float_format=float_format)
     if out_md:
         with atomic_path(Path(out_md)) as tmp:
-            tmp.write_text(table_markdown(table))
-
-
-def plot_token_groups(run: Mapping[str, Any], out_png: str | Path) -> Path:
-    """Scatter the initial and learned query coordinates of a run, coloured by token (the paper's Fig. 6)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    coords = run["token_coordinates"]
-    patch = int(coords["patch"])
-    panels = [("initial", np.asarray(coords["initial"], dtype=float)), ("learned", np.asarray(coords["learned"], dtype=float))]
-    height, width = panels[0][1].shape[:2]
-    token = (np.arange(height)[:, None] // patch) * (width // patch) + np.arange(width)[None, :] // patch
-    # neighbouring tokens get far-apart colours so groups stay tell-apart-able
-    colours = plt.get_cmap("tab20")(((token * 7) % 20) / 19.0)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
-    for axis, (title, xy) in zip(axes, panels):
-        axis.scatter(xy[..., 0].ravel(), xy[..., 1].ravel(), c=colours.reshape(-1, 4), s=max(1.0, 9000.0 / (height * width)),
-                     linewidths=0)
-        axis.set_xlim(-1.05, 1.05)
-        axis.set_ylim(1.05, -1.05)  # image convention: y grows downwards
-        axis.set_aspect("equal")
-        axis.set_title(f"{title} query coordinates")
-        axis.add_patch(plt.Rectangle((-1, -1), 2, 2, fill=False, lw=0.6, color="grey"))
-    name = run.get("tokenizer", "?")
-    fig.suptitle(f"{name} tokenizer, seed {run.get('seed')}: colour = token ({patch}×{patch} group), "
-                 f"test acc {100 * float(run.get('accuracy', float('nan'))):.2f} %")
-    fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return out_png
+            tmp.write_text(markdown)

@@ -27,7 +27,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from izoo.errors import IzooError
 from izoo.fitting.phases import PhaseSettings
 from izoo.fitting.stream import (ADAM_BETAS, ADAM_EPS, FitInterrupted, FitResult, FlatLayout, ProgressFn, StreamFit,
                                  is_out_of_memory)
@@ -42,23 +41,6 @@ COMPILE_MIN_WORK = 2.0e10
 #: bytes of one activation tensor per CPU chunk (16 CIFAR-sized items at width 64): the few activations a step
 #: keeps then fit the last-level cache instead of streaming through DRAM
 CPU_CHUNK_BYTES = 4 << 20
-
-# --------------------------------------------------------------------------------------------- device handling
-
-def resolve_device(name: str = "auto", tf32: bool = True) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; sets the TF32 matmul switch on CUDA (recorded by the caller)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise IzooError("fit.device is 'cuda' but no CUDA device is visible", "config.yaml",
-                            "set fit.device to auto or cpu, or run on a GPU node")
-        torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
-        torch.backends.cudnn.allow_tf32 = bool(tf32)
-    elif name != "cpu":
-        raise IzooError(f"unknown fit.device {name!r}", "config.yaml", "use auto, cpu or cuda")
-    return torch.device(name)
-
 
 # --------------------------------------------------------------------------------------------- the training step
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from izoo.atomic import atomic_path
+from izoo.devices import resolve_device
 from izoo.errors import IzooError
 from izoo.fitting import engine, learned_init
 from izoo.fitting.phases import PhaseSettings, fit_config
@@ -351,8 +352,8 @@ def fit_in_streams(units: Sequence[Sequence[int]], make_fitter: Callable[[list[i
 def default_device(fit_cfg: Mapping[str, Any] | None) -> torch.device:
     """The device a ``fit:`` section asks for (``IZOO_DEVICE`` in the environment overrides it)."""
     cfg = fit_config(fit_cfg)
-    return engine.resolve_device(os.environ.get("IZOO_DEVICE") or str(cfg.get("device", "auto")),
-                                 tf32=bool(cfg.get("tf32", True)))
+    return resolve_device(os.environ.get("IZOO_DEVICE") or str(cfg.get("device", "auto")),
+                          tf32=bool(cfg.get("tf32", True)), setting="fit.device", source="config.yaml")
 
 
 def finite_params(params: Mapping[str, np.ndarray]) -> bool:

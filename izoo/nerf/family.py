@@ -23,6 +23,8 @@ from izoo.nerf.fitting import NerfBatchFit, RenderSettings
 from izoo.nerf.model import CAMERA_CONVENTION, NerfSpec
 
 DEFAULT_ARCHIVED_VIEWS = 4
+#: ``/extras`` names of each scene's held-out cameras (``extras``): poses ``[K, 4, 4]`` (NaN-padded), focal, image width
+CAMERA_EXTRAS = {"poses": "test_poses", "focal": "focal", "width": "width"}
 CLASS_NAME_BYTES = 64
 
 

@@ -1,4 +1,8 @@
 # Benchmarks trained on the archives: one job per (tokenizer, seed), then a table per benchmark.
+# Tokenizer names are the config schema's (validated when the config loads); the patterns below only keep a
+# tokenizer from swallowing the '-' that separates the parts of a result's file name.
+from izoo.benchmarks.pose.variants import TRAINING_JOBS
+from izoo.benchmarks.results import run_command, table_command
 
 
 def bench_archive(name, split_key):
@@ -15,10 +19,6 @@ def pose_job_settings(name, variant):
     return bench_settings(name, **pose_training_jobs(bench_cfg(name)["variants"])[variant])
 
 
-def bench_command(name):
-    return {"classification": "bench-classify", "segmentation": "bench-segment"}[bench_cfg(name)["task"]]
-
-
 rule bench_2d:
     """Classification or segmentation over INR queries with one tokenizer and one seed."""
     input:
@@ -27,10 +27,10 @@ rule bench_2d:
     output:
         f"{R}/benchmarks/{{bench}}/{{tokenizer}}-seed{{seed}}.json",
     wildcard_constraints:
-        tokenizer="uniform|s|lc|lp|lp_rand|lp_reg",
+        tokenizer=r"[a-z_]+",
         seed=r"\d+",
     params:
-        command=lambda w: bench_command(w.bench),
+        command=lambda w: run_command(bench_cfg(w.bench)["task"]),
         settings=lambda w: bench_settings(w.bench),
     log:
         f"{L}/benchmarks/{{bench}}/{{tokenizer}}-seed{{seed}}.log",
@@ -49,8 +49,8 @@ rule bench_pose:
     output:
         f"{R}/benchmarks/{{bench}}/pose-{{variant}}-{{tokenizer}}-seed{{seed}}.json",
     wildcard_constraints:
-        variant="plain|pretrain",
-        tokenizer="uniform|lc|lp|lp_reg",
+        variant="|".join(TRAINING_JOBS),
+        tokenizer=r"[a-z_]+",
         seed=r"\d+",
     params:
         settings=lambda w: pose_job_settings(w.bench, w.variant),
@@ -58,8 +58,9 @@ rule bench_pose:
         f"{L}/benchmarks/{{bench}}/pose-{{variant}}-{{tokenizer}}-seed{{seed}}.log",
     conda:
         "../../envs/izoo.yaml"
+    # the command name is formatted in when the rule is parsed, so the recorded shell command stays as it was
     shell:
-        "izoo bench-pose --archive {input.archive} --kept {input.kept} --settings {params.settings:q}"
+        f"izoo {run_command('pose')} --archive {{input.archive}} --kept {{input.kept}} --settings {{params.settings:q}}"
         " --tokenizer {wildcards.tokenizer} --seed {wildcards.seed} --out {output} > {log} 2>&1"
 
 
@@ -73,7 +74,7 @@ rule bench_table:
     wildcard_constraints:
         bench=bench_name_pattern(["segmentation", "pose"]),
     params:
-        command=lambda w: {"segmentation": "bench-segment-table", "pose": "bench-pose-table"}[bench_cfg(w.bench)["task"]],
+        command=lambda w: table_command(bench_cfg(w.bench)["task"]),
     log:
         f"{L}/benchmarks/{{bench}}/table.log",
     conda:
@@ -100,5 +101,5 @@ rule bench_classify_table:
     conda:
         "../../envs/izoo.yaml"
     shell:
-        "izoo bench-classify-table --runs {input.runs} --out-csv {output.csv} --out-md {output.md}"
+        f"izoo {table_command('classification')} --runs {{input.runs}} --out-csv {{output.csv}} --out-md {{output.md}}"
         " --figure-from {params.figure_run} --out-png {output.png} > {log} 2>&1"

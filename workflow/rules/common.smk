@@ -3,7 +3,7 @@
 import json
 import sys
 
-from izoo.benchmarks.variants import pose_training_jobs
+from izoo.benchmarks.pose.variants import pose_training_jobs
 from izoo.config import dataset_json, enabled_datasets, validate_config
 from izoo.errors import IzooError
 

@@ -17,6 +17,8 @@ POSE_VARIANTS: dict[str, tuple[bool, bool]] = {
     "pretrain": (True, False),
     "pretrain_refine": (True, True),
 }
+#: the training jobs the variants map onto, plain first (a refine variant reuses its base variant's job)
+TRAINING_JOBS = ("plain", "pretrain")
 
 
 def pose_training_jobs(variants: Iterable[str]) -> dict[str, dict[str, bool]]:
@@ -26,6 +28,6 @@ def pose_training_jobs(variants: Iterable[str]) -> dict[str, dict[str, bool]]:
         if name not in POSE_VARIANTS:
             raise ValueError(f"unknown pose variant {name!r}; choose from {', '.join(POSE_VARIANTS)}")
         pretrain, refine = POSE_VARIANTS[name]
-        job = jobs.setdefault("pretrain" if pretrain else "plain", {"pretrain": pretrain, "refine": False})
+        job = jobs.setdefault(TRAINING_JOBS[int(pretrain)], {"pretrain": pretrain, "refine": False})
         job["refine"] = job["refine"] or refine
-    return dict(sorted(jobs.items(), key=lambda kv: kv[0] != "plain"))
+    return dict(sorted(jobs.items(), key=lambda kv: TRAINING_JOBS.index(kv[0])))

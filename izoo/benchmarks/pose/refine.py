@@ -14,6 +14,7 @@ from typing import Mapping
 
 import torch
 
+from izoo.benchmarks.engine import train_step
 from izoo.nerf.model import NerfSpec, batch_params
 from izoo.nerf.render import pixel_rays, render_rays
 
@@ -102,9 +103,7 @@ def refine_pose(params: Mapping[str, torch.Tensor], spec: NerfSpec, target: torc
         rgb = render_rays(nerf, spec, rays_o.unsqueeze(0), rays_d.unsqueeze(0), settings.near, settings.far,
                           settings.n_samples)["rgb"][0]
         loss = (rgb - target[pix[:, 1], pix[:, 0]]).pow(2).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        train_step(optimiser, loss)
         losses.append(float(loss.detach()))
     with torch.no_grad():
         refined = se3_exp(xi) @ init

@@ -1,4 +1,4 @@
-"""Semantic-segmentation metrics: a confusion matrix accumulated over batches, IoU per class and mIoU.
+"""Semantic-segmentation metrics over a confusion matrix (``benchmarks.engine.confusion_matrix``): IoU per class, mIoU.
 
 Cityscapes convention: 19 train ids, label 255 = ignore (never counted). A class that occurs neither in the
 ground truth nor in the predictions of the whole evaluation set has an undefined IoU and is left out of the mean,
@@ -18,16 +18,6 @@ CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )
-
-
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """``[C, C]`` int64 counts, rows = ground truth, columns = prediction; ``ignore_index`` pixels are skipped."""
-    pred = pred.reshape(-1).long()
-    target = target.reshape(-1).long()
-    keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
-    idx = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
 
 
 def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
