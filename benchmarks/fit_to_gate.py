@@ -18,7 +18,7 @@ reports and Table 1 (``datasets`` target), timed wall-clock. The last line is
 
 (``speedup_vs_released_loop`` = end-to-end items/s over the released loop's items/s to 30 dB of part 1.)
 
-    python benchmarks/fit_to_gate.py                    # both parts (~25 min on 2 CPU cores)
+    python benchmarks/fit_to_gate.py                    # both parts (~50 min on 2 CPU cores: part 2 alone 36 min)
     python benchmarks/fit_to_gate.py --e2e-per-class 0  # part 1 only
     python benchmarks/fit_to_gate.py --no-released-recipe  # without (d)
 """
