@@ -72,6 +72,7 @@ ITEM_COLUMNS: dict[str, Any] = {
     "seconds": np.float32,
     "passed": np.bool_,
 }
+#: the quality-control phases in training order (SPEC §2): the one list, used by fitting, plans, reports and checks
 PHASES = ("basic", "extended", "until_threshold")
 STR_DTYPE = h5py.string_dtype(encoding="utf-8")
 #: group holding the shared learned initialisation (init files, and shard files / archives fitted from one)

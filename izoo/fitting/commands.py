@@ -17,7 +17,7 @@ from izoo.config import check_dataset_entry
 from izoo.errors import BadItemError, IzooError
 from izoo.jsonargs import json_file_of, load_json_object
 from izoo.fitting import engine, refine
-from izoo.fitting.phases import PHASES
+from izoo.archive.layout import PHASES
 from izoo.fitting.progress import emit
 from izoo.fitting.shard import EXIT_INTERRUPTED, StopControl, fit_shard
 

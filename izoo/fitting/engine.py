@@ -319,7 +319,8 @@ def fit_all_phases(images01: torch.Tensor, spec: SirenSpec, fit_cfg: dict | None
                    seeds: Sequence[int] | None = None, device: torch.device | str = "cpu",
                    use_compile: bool | str = "auto") -> PhasedResult:
     """basic on every item, extended on items below the gate, until_threshold on items still below it."""
-    from izoo.fitting.phases import PHASES, phase_settings
+    from izoo.archive.layout import PHASES
+    from izoo.fitting.phases import phase_settings
 
     n = images01.shape[0]
     res = fit_images(images01, spec, phase_settings(fit_cfg, "basic"), seeds=seeds, device=device,

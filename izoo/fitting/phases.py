@@ -21,9 +21,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from izoo.archive.layout import PHASES
 from izoo.errors import IzooError
 
-PHASES = ("basic", "extended", "until_threshold")
 #: how the basic phase ends an item: after the whole budget, or at the first check past the gate
 STOP_MODES = ("budget", "gate")
 

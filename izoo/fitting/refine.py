@@ -15,7 +15,7 @@ import pandas as pd
 
 from izoo.atomic import atomic_path
 from izoo.errors import IzooError
-from izoo.fitting.phases import PHASES
+from izoo.archive.layout import PHASES
 
 REQUIRED_REPORT_COLUMNS = ("index", "passed")
 

@@ -37,7 +37,7 @@ from izoo.archive import layout
 from izoo.errors import IzooError
 from izoo.fitting import engine, learned_init
 from izoo.fitting.families import BatchCheckpoint, BatchFit, default_device, finite_params, get_family
-from izoo.fitting.phases import PHASES, fit_config, phase_settings
+from izoo.fitting.phases import fit_config, phase_settings
 from izoo.fitting.progress import ProgressMeter, emit
 from izoo.models import siren
 
@@ -207,8 +207,8 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
 
     A stop request (signal, deadline) saves the in-flight state and raises ``engine.FitInterrupted``.
     """
-    if phase not in PHASES:
-        raise IzooError(f"unknown phase {phase!r}", None, f"use one of {', '.join(PHASES)}")
+    if phase not in layout.PHASES:
+        raise IzooError(f"unknown phase {phase!r}", None, f"use one of {', '.join(layout.PHASES)}")
     missing = [c for c in MANIFEST_COLUMNS if c not in items.columns]
     if missing:
         raise IzooError(f"item table lacks manifest columns {missing}", None, "pass rows of results/{ds}/manifest.csv")

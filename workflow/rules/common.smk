@@ -3,6 +3,7 @@
 import json
 import sys
 
+from izoo.archive.layout import PHASES
 from izoo.benchmarks.variants import pose_training_jobs
 from izoo.config import dataset_json, enabled_datasets, validate_config
 from izoo.errors import IzooError
@@ -17,7 +18,7 @@ W = CFG["workdir"]
 L = CFG["logs"]
 DATASETS = enabled_datasets(CFG)
 BENCHMARKS = [name for name, b in CFG["benchmarks"].items() if b["enabled"]]
-REFINE_PHASES = ["extended", "until_threshold"]
+REFINE_PHASES = list(PHASES[1:])
 # keys that do not change what a fitted INR is; left out of the fit jobs' params so that editing
 # them does not trigger refits
 _NOT_FIT_KEYS = {"enabled", "refine_job_size", "min_scenes_per_class", "archive", "shard_size", "demo"}
@@ -111,7 +112,7 @@ def checkpoint_files(wildcards, upto="until_threshold"):
     """
     ds = wildcards.ds
     files = [f"{R}/{ds}/shards.json"]
-    for phase in REFINE_PHASES[: ["basic", *REFINE_PHASES].index(upto)]:
+    for phase in REFINE_PHASES[: PHASES.index(upto)]:
         files.append(f"{R}/{ds}/fit/{phase}/plan.json")
     return files
 
