@@ -10,6 +10,7 @@ therefore imported lazily, never at module import.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,27 @@ SCHEMA_NAME = "workflow/schemas/config.schema.yaml"
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
-    """The config JSON schema (YAML on disk)."""
+    """The config JSON schema (YAML on disk); a fresh copy the caller may change."""
+    return copy.deepcopy(_cached_schema(str(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_schema(path: str) -> dict:
     try:
         with open(path) as fh:
             return yaml.safe_load(fh)
     except FileNotFoundError as exc:
         raise IzooError("the config schema is missing", path,
                         "install izoo from its repository (pip install -e .)") from exc
+
+
+def schema_names(name: str) -> tuple[str, ...]:
+    """The names a config may use for ``name``: the enum of ``$defs/<name>`` in the schema (their one definition)."""
+    definition = _cached_schema(str(SCHEMA_PATH))["$defs"].get(name) or {}
+    if "enum" not in definition:
+        raise IzooError(f"the config schema defines no name list {name!r}", SCHEMA_PATH,
+                        "use one of the $defs with an enum (e.g. tokenizer, pose_tokenizer)")
+    return tuple(definition["enum"])
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -213,10 +228,6 @@ def _fill_family_defaults(ds: dict) -> None:
         ds.update(merged)
 
 
-#: 3D tokenizers of the pose benchmark (izoo.benchmarks.pose)
-POSE_TOKENIZERS = {"uniform", "lc", "lp", "lp_reg"}
-
-
 def _check_cross_fields(config: dict, source: str) -> None:
     """Checks JSON schema cannot express: references between sections and ordered values."""
     for name, ds in config["datasets"].items():
@@ -234,10 +245,6 @@ def _check_cross_fields(config: dict, source: str) -> None:
                             "rename the dataset key (it becomes part of file paths)")
     for name, bench in config.get("benchmarks", {}).items():
         ds = bench["dataset"]
-        if bench["task"] == "pose" and not set(bench["tokenizers"]) <= POSE_TOKENIZERS:
-            raise IzooError(f"benchmarks.{name}.tokenizers has {sorted(set(bench['tokenizers']) - POSE_TOKENIZERS)}, "
-                            "which the 3D pose benchmark does not have", source,
-                            f"use only {sorted(POSE_TOKENIZERS)} for task: pose")
         if bench["task"] != "pose" and bench.get("variants", ["plain"]) != ["plain"]:
             raise IzooError(f"benchmarks.{name}.variants {bench['variants']} are pose variants, but the task is "
                             f"{bench['task']}", source, "remove variants (only task: pose has them)")

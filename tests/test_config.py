@@ -111,3 +111,41 @@ def test_plain_check_accepts_every_shipped_dataset_entry(monkeypatch):
     monkeypatch.setitem(sys.modules, "jsonschema", None)
     for name, entry in filled["datasets"].items():
         check_dataset_entry(entry, f"datasets.{name}")
+
+
+@pytest.mark.parametrize("where, typo", [
+    ((), {"result": "out"}), (("demo_data",), {"n_per_clas": 5}),
+    (("datasets", "demo_cifar10"), {"shard_sise": 4}),
+    (("datasets", "demo_cifar10", "meta_init"), {"outer_step": 3}),
+])
+def test_typos_at_every_other_depth_are_rejected(where, typo):
+    cfg = _demo_config()
+    section = cfg
+    for key in where:
+        section = section.setdefault(key, {})
+    section.update(typo)
+    with pytest.raises(IzooError) as err:
+        validate_config(cfg, source="my.yaml")
+    msg = str(err.value)
+    assert f"unknown key {next(iter(typo))!r}" in msg and ".".join(where) in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("task, tokenizer", [("segmentation", "s"), ("pose", "lp_rand")])
+def test_a_tokenizer_the_task_lacks_is_rejected_at_config_time(task, tokenizer):
+    cfg = _demo_config()
+    name = next(n for n, b in cfg["benchmarks"].items() if b["task"] == task)
+    cfg["benchmarks"][name]["tokenizers"] = ["uniform", tokenizer]
+    with pytest.raises(IzooError, match=rf"benchmarks\.{name}\.tokenizers\.1: '{tokenizer}' is not one of"):
+        validate_config(cfg, source="my.yaml")
+
+
+def test_the_tokenizer_registry_implements_exactly_the_schema_names():
+    """The schema's name lists are the one definition; the code that builds tokenizers covers exactly them."""
+    from izoo.benchmarks.tokenizers import DISPLAY_NAMES, TOKENIZERS
+    from izoo.config import schema_names
+
+    assert set(TOKENIZERS) == set(DISPLAY_NAMES) == set(schema_names("tokenizer"))
+    for task_list in ("segmentation_tokenizer", "pose_tokenizer"):
+        assert set(schema_names(task_list)) <= set(schema_names("tokenizer")), task_list
+    with pytest.raises(IzooError, match="no name list 'benchmark'"):
+        schema_names("benchmark")
