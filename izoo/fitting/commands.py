@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from izoo.config import check_dataset_entry
+from izoo.config import DatasetConfig, dataset_config
 from izoo.errors import BadItemError, IzooError
 from izoo.jsonargs import json_file_of, load_json_object
 from izoo.fitting import engine, refine
@@ -23,11 +23,15 @@ from izoo.fitting.shard import EXIT_INTERRUPTED, StopControl, fit_shard
 
 
 def parse_dataset_config(text: str) -> dict[str, Any]:
-    """The ``--dataset-config`` JSON string (or ``@file.json``) as a dict, its fitting recipe resolved."""
-    from izoo.fitting.recipes import resolve_recipe
+    """The ``--dataset-config`` JSON string (or ``@file.json``) as a plain dict, unchecked (for readers that need only
+    its ``source:`` section); ``dataset_config_arg`` is the parsed, checked form the fitting commands use."""
+    return load_json_object(text, "--dataset-config", "one entry of config.yaml's datasets:")
 
-    return resolve_recipe(load_json_object(text, "--dataset-config", "one entry of config.yaml's datasets:"),
-                          "--dataset-config")
+
+def dataset_config_arg(text: str) -> DatasetConfig:
+    """The ``--dataset-config`` as a ``DatasetConfig``: recipe resolved, the schema's defaults filled, checked without
+    jsonschema; a typo or bad value is a one-line error naming its file, before anything is fitted."""
+    return DatasetConfig.parse(parse_dataset_config(text), config_source(text))
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -42,16 +46,13 @@ def config_source(value: str) -> str:
     return str(json_file_of(value) or "--dataset-config")
 
 
-def sample_loader(dataset_cfg: Mapping[str, Any],
-                  source: str = "--dataset-config") -> Callable[[Mapping[str, Any]], Any]:
+def sample_loader(dataset_cfg: DatasetConfig | Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]:
     """``load(manifest_row) -> Sample`` of the dataset's source (``izoo.datasets.open_source``)."""
     try:
         from izoo.datasets import open_source
     except ImportError as exc:
         raise IzooError(f"izoo.datasets is unavailable ({exc})", None, "reinstall izoo (pip install -e .)") from exc
-    if "source" not in dataset_cfg:
-        raise IzooError("dataset config has no source: section", source, "add source: {format, root, ...}")
-    dataset = open_source(dataset_cfg["source"])
+    dataset = open_source(dataset_config(dataset_cfg).to_dict()["source"])
 
     def load(row: Mapping[str, Any]) -> Any:
         try:
@@ -77,9 +78,7 @@ def run_stoppable(runtime_minutes: float | None, workdir: str | Path, work: Call
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit one shard (basic) or one refinement job (extended / until_threshold)."""
-    cfg = parse_dataset_config(args.dataset_config)
-    source = config_source(args.dataset_config)
-    check_dataset_entry(cfg, source)   # a typo or bad value stops the job before it fits anything
+    cfg = dataset_config_arg(args.dataset_config)
     manifest = read_manifest(args.manifest)
     if args.phase == "basic":
         if not args.shard:
@@ -97,7 +96,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                             "pass the plan of the same phase")
         items = refine.job_items(plan, args.job, manifest, args.plan)
     done = run_stoppable(args.runtime_minutes, args.workdir,
-                         lambda stop: fit_shard(items, sample_loader(cfg, source), cfg, args.workdir, args.phase,
+                         lambda stop: fit_shard(items, sample_loader(cfg), cfg, args.workdir, args.phase,
                                                 dataset=args.dataset, stop=stop))
     if done is None:
         return EXIT_INTERRUPTED
@@ -111,9 +110,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Write the refinement plan of ``--phase`` from the previous phase's reports."""
-    cfg = parse_dataset_config(args.dataset_config)
-    job_size = int(cfg.get("refine_job_size", 1024))
-    plan = refine.plan_refinement(args.reports, args.phase, job_size)
+    cfg = dataset_config_arg(args.dataset_config)
+    plan = refine.plan_refinement(args.reports, args.phase, cfg.refine_job_size)
     refine.write_plan(plan, args.out)
     emit(f"plan {args.phase}: {plan['n_failing']} failing items in {len(plan['jobs'])} jobs → {args.out}")
     return 0

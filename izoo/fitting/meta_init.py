@@ -37,10 +37,11 @@ import pandas as pd
 import torch
 
 from izoo.atomic import atomic_path
+from izoo.config import DatasetConfig, FitConfig, dataset_config
 from izoo.errors import IzooError
 from izoo.fitting import engine, learned_init
 from izoo.fitting.families import SirenFamily, default_device
-from izoo.fitting.phases import PhaseSettings, fit_config
+from izoo.fitting.phases import PhaseSettings, as_fit_config
 from izoo.fitting.progress import emit
 from izoo.models import siren
 
@@ -93,9 +94,9 @@ class MetaInitSettings:
                    outer_lr=float(merged["outer_lr"]), seed=int(merged["seed"]),
                    checkpoint_every=int(merged["checkpoint_every"]))
 
-    def inner_phase(self, fit_cfg: Mapping[str, Any]) -> PhaseSettings:
+    def inner_phase(self, fit_cfg: FitConfig | Mapping[str, Any]) -> PhaseSettings:
         """The inner loop: ``inner_steps`` Adam steps at the fit's starting learning rate, no early stop."""
-        lr = float(fit_config(fit_cfg)["lr"])
+        lr = float(as_fit_config(fit_cfg).lr)
         return PhaseSettings(phase="basic", max_steps=self.inner_steps, schedule_steps=self.inner_steps, lr=lr,
                              lr_min=lr, gate_psnr=float("inf"), check_every=self.inner_steps, stop_on_pass=False,
                              patience=None, min_delta=0.0, keep_best=False, checkpoint_every=0)
@@ -120,12 +121,12 @@ def meta_batch_rows(n_items: int, settings: MetaInitSettings, step: int) -> np.n
     return np.sort(np.random.default_rng([settings.seed, step]).choice(n_items, size, replace=False))
 
 
-def run_fingerprint(dataset: str, dataset_cfg: Mapping[str, Any], settings: MetaInitSettings,
+def run_fingerprint(dataset: str, dataset_cfg: DatasetConfig | Mapping[str, Any], settings: MetaInitSettings,
                     indices: Sequence[int]) -> str:
     """Hash of what determines the learned init (resume state made with anything else is not reused)."""
-    fit = fit_config(dataset_cfg.get("fit"))
-    model = {k: v for k, v in (dataset_cfg.get("model") or {}).items() if k != "init_file"}
-    payload = {"dataset": dataset, "model": model, "seed": dataset_cfg.get("seed", {}), "lr": fit["lr"],
+    cfg = dataset_config(dataset_cfg)
+    model = {k: v for k, v in cfg.model.to_dict().items() if k != "init_file"}
+    payload = {"dataset": dataset, "model": model, "seed": cfg.seed.to_dict(), "lr": cfg.fit.lr,
                "meta_init": asdict(settings), "index": [int(i) for i in indices]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -139,7 +140,8 @@ class MetaResult:
     inner_psnr: list[float]     # mean PSNR of each outer step's meta-batch after its inner steps
 
 
-def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSettings, fit_cfg: Mapping[str, Any], *,
+def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSettings,
+            fit_cfg: FitConfig | Mapping[str, Any], *,
             base_seed: int = 42, device: torch.device | str = "cpu", state_path: Path | None = None,
             fingerprint: str = "", should_stop: Callable[[], bool] | None = None,
             progress_every: float = 30.0) -> MetaResult:
@@ -155,7 +157,7 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
         theta, step, seconds, history = list(state["theta"]), int(state["step"]), float(state["seconds"]), list(state["history"])
         emit(f"meta-init resumed at outer step {step}/{settings.outer_steps} from {state_path}")
     inner = settings.inner_phase(fit_cfg)
-    use_compile = fit_config(fit_cfg).get("compile", "auto")
+    use_compile = as_fit_config(fit_cfg).compile
 
     def save() -> None:
         if state_path is not None:
@@ -230,21 +232,22 @@ def load_images(rows: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], A
     return torch.stack(images)
 
 
-def run_meta_init(dataset: str, dataset_cfg: Mapping[str, Any], manifest: pd.DataFrame, workdir: str | Path,
+def run_meta_init(dataset: str, dataset_cfg: DatasetConfig | Mapping[str, Any], manifest: pd.DataFrame, workdir: str | Path,
                   out: str | Path, *, load_sample: Callable[[Mapping[str, Any]], Any],
                   should_stop: Callable[[], bool] | None = None, device: torch.device | str | None = None,
                   manifest_path: Any = "manifest") -> Path:
     """Meta-learn the dataset's init and write it to ``out`` (resumable from ``workdir``)."""
-    model_cfg = {k: v for k, v in (dataset_cfg.get("model") or {"family": "siren"}).items() if k != "init_file"}
-    if str(model_cfg.get("family", "siren")) != "siren":
-        raise IzooError(f"meta-init learns SIREN inits; dataset {dataset!r} has family {model_cfg.get('family')!r}",
+    dataset_cfg = dataset_config(dataset_cfg)
+    model_cfg = {k: v for k, v in dataset_cfg.model.to_dict().items() if k != "init_file"}
+    if dataset_cfg.model.family != "siren":
+        raise IzooError(f"meta-init learns SIREN inits; dataset {dataset!r} has family {dataset_cfg.model.family!r}",
                         "config.yaml", "use model.init: learned only with family: siren")
     model_cfg["init"] = "siren"
-    fit_cfg = fit_config(dataset_cfg.get("fit"))
+    fit_cfg = dataset_cfg.fit.to_dict()
     family = SirenFamily(model_cfg, fit_cfg)
-    settings = MetaInitSettings.from_config(dataset_cfg.get("meta_init"))
+    settings = MetaInitSettings.from_config(dataset_cfg.meta_init)
     rows = select_items(manifest, settings, manifest_path)
-    base_seed = int((dataset_cfg.get("seed") or {}).get("value", 42))
+    base_seed = dataset_cfg.seed.value
     fp = run_fingerprint(dataset, dataset_cfg, settings, rows["index"].tolist())
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -252,9 +255,9 @@ def run_meta_init(dataset: str, dataset_cfg: Mapping[str, Any], manifest: pd.Dat
     emit(f"meta-init {dataset}: {len(rows)} items of split {settings.split!r}, {settings.outer_steps} outer steps x "
          f"{settings.meta_batch} items x {settings.inner_steps} inner steps on {device}")
     images = load_images(rows, load_sample, manifest_path)
-    result = reptile(images, family, settings, fit_cfg, base_seed=base_seed, device=device,
+    result = reptile(images, family, settings, dataset_cfg.fit, base_seed=base_seed, device=device,
                      state_path=workdir / "state.pt", fingerprint=fp, should_stop=should_stop)
-    attrs = {"dataset": dataset, "source": dict(dataset_cfg.get("source") or {}), "model_family": family.name,
+    attrs = {"dataset": dataset, "source": dataset_cfg.to_dict()["source"], "model_family": family.name,
              "architecture": family.architecture(), "meta_init": asdict(settings), "base_seed": base_seed,
              "seconds": result.seconds, "device": str(device), "algorithm": "reptile",
              "final_inner_psnr": float(np.mean(result.inner_psnr[-settings.checkpoint_every:]))}
@@ -265,10 +268,10 @@ def run_meta_init(dataset: str, dataset_cfg: Mapping[str, Any], manifest: pd.Dat
 
 def cmd_meta_init(args: argparse.Namespace) -> int:
     """``izoo meta-init``: parse, run, exit 75 when stopped with the state saved."""
-    from izoo.fitting.commands import parse_dataset_config, read_manifest, run_stoppable, sample_loader
+    from izoo.fitting.commands import dataset_config_arg, read_manifest, run_stoppable, sample_loader
     from izoo.fitting.shard import EXIT_INTERRUPTED
 
-    cfg = parse_dataset_config(args.dataset_config)
+    cfg = dataset_config_arg(args.dataset_config)
     manifest = read_manifest(args.manifest)
     done = run_stoppable(args.runtime_minutes, args.workdir,
                          lambda stop: run_meta_init(args.dataset, cfg, manifest, args.workdir, args.out,
