@@ -22,6 +22,7 @@ import pandas as pd
 from izoo.archive.layout import PHASES, decode_attrs, read_items
 from izoo.atomic import atomic_path
 from izoo.config import DatasetConfig, dataset_config
+from izoo.datasets.manifest import SHARDS_FILE, load_shards_info
 from izoo.errors import IzooError
 from izoo.fitting import psnr_report
 from izoo.fitting.recipes import DEFAULT_RECIPE
@@ -159,10 +160,10 @@ def build_report(dataset: str, dataset_cfg: DatasetConfig | Mapping[str, Any], m
     gate = float(dataset_cfg.fit.gate_psnr)
     family = dataset_cfg.model.family
     note = PSNR_NOTE[family] + f"; quality gate {gate:g} dB."
-    shards_json = Path(manifest).with_name("shards.json")
+    shards_json = Path(manifest).with_name(SHARDS_FILE)
     class_names = {}
     if shards_json.exists():
-        class_names = {int(k): v for k, v in json.loads(shards_json.read_text()).get("classes", {}).items()}
+        class_names = {int(k): v for k, v in load_shards_info(shards_json).get("classes", {}).items()}
 
     final, attrs, archive_bytes = read_archive_items(archives)
     phase_reports = psnr_report.read_all(reports)

@@ -34,6 +34,7 @@ import pandas as pd
 
 from izoo.archive import layout
 from izoo.atomic import atomic_path, ensure_free_space, remove_stale_temps
+from izoo.datasets.manifest import load_manifest
 from izoo.errors import IzooError
 
 log = logging.getLogger(__name__)
@@ -72,22 +73,6 @@ class _SourceFile:
     item_id: np.ndarray
     params: dict[str, tuple[tuple[int, ...], np.dtype]]
     extras: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """The dataset manifest (``index, split, item_id, label, source_id, shard``) with ids kept as strings."""
-    path = Path(path)
-    if not path.exists():
-        raise IzooError("manifest is missing", path, "run `izoo manifest` (the workflow's manifest checkpoint) first")
-    try:
-        manifest = pd.read_csv(path, dtype={"item_id": str, "source_id": str, "split": str, "shard": str},
-                               keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise IzooError(f"manifest is unreadable ({exc})", path, "delete it and rerun `izoo manifest`") from exc
-    missing = [c for c in ("index", "split", "item_id", "label") if c not in manifest.columns]
-    if missing:
-        raise IzooError(f"manifest lacks columns {missing}", path, "rerun `izoo manifest` with this izoo version")
-    return manifest
 
 
 def _read_header(path: Path, kind: str) -> _SourceFile:
@@ -254,7 +239,7 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
     t0 = time.perf_counter()
     out = Path(out)
     manifest_path = manifest if not isinstance(manifest, pd.DataFrame) else "manifest"
-    table = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+    table = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
     wanted = table[table["split"].astype(str) == split].reset_index(drop=True)
     if wanted.empty:
         raise IzooError(f"split {split!r} has no items in the manifest (splits: {sorted(table['split'].unique())})",
@@ -482,4 +467,4 @@ def merge_main(args: Any) -> int:
     return 0
 
 
-__all__ = ["MergeResult", "merge_split", "read_manifest", "read_rows", "merge_main"]
+__all__ = ["MergeResult", "merge_split", "read_rows", "merge_main"]

@@ -30,9 +30,9 @@ import pandas as pd
 import torch
 
 from izoo.archive import layout
-from izoo.archive.merge import read_manifest
 from izoo.archive.reader import (InrArchive, coordinate_convention_of, param_sort_key, spec_from_attrs,
                                  virtual_source_problems)
+from izoo.datasets.manifest import load_manifest
 from izoo.errors import IzooError
 from izoo.metrics import psnr as psnr_db
 from izoo.models import siren
@@ -219,7 +219,7 @@ def iterations_unknown(attrs: Mapping[str, Any]) -> bool:
 
 
 def _check_manifest(items: pd.DataFrame, attrs: Mapping[str, Any], manifest: pd.DataFrame | str | Path) -> list[str]:
-    table = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+    table = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
     split = attrs.get("split")
     if split is None:
         return ["attribute 'split' is missing, so the archive cannot be checked against the manifest"]
@@ -347,7 +347,7 @@ def verify_archive(path: str | Path, manifest: str | Path | pd.DataFrame | None 
     report = VerifyReport(path)
     table = None
     if manifest is not None:
-        table = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+        table = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
     report.problems += check_structure(path, table)
     if report.problems:
         return report

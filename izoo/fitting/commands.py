@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from izoo.config import DatasetConfig, dataset_config
+from izoo.datasets.manifest import load_manifest
 from izoo.errors import BadItemError, IzooError
 from izoo.jsonargs import json_file_of, load_json_object
 from izoo.fitting import engine, refine
@@ -32,13 +33,6 @@ def dataset_config_arg(text: str) -> DatasetConfig:
     """The ``--dataset-config`` as a ``DatasetConfig``: recipe resolved, the schema's defaults filled, checked without
     jsonschema; a typo or bad value is a one-line error naming its file, before anything is fitted."""
     return DatasetConfig.parse(parse_dataset_config(text), config_source(text))
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """``results/{ds}/manifest.csv``, read by its owner ``izoo.datasets.load_manifest`` (columns checked)."""
-    from izoo.datasets import load_manifest
-
-    return load_manifest(path)
 
 
 def config_source(value: str) -> str:
@@ -79,7 +73,7 @@ def run_stoppable(runtime_minutes: float | None, workdir: str | Path, work: Call
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit one shard (basic) or one refinement job (extended / until_threshold)."""
     cfg = dataset_config_arg(args.dataset_config)
-    manifest = read_manifest(args.manifest)
+    manifest = load_manifest(args.manifest)
     if args.phase == "basic":
         if not args.shard:
             raise IzooError("--phase basic needs --shard", None, "pass --shard SPLIT-NNNNN from shards.json")

@@ -268,11 +268,12 @@ def run_meta_init(dataset: str, dataset_cfg: DatasetConfig | Mapping[str, Any], 
 
 def cmd_meta_init(args: argparse.Namespace) -> int:
     """``izoo meta-init``: parse, run, exit 75 when stopped with the state saved."""
-    from izoo.fitting.commands import dataset_config_arg, read_manifest, run_stoppable, sample_loader
+    from izoo.datasets.manifest import load_manifest
+    from izoo.fitting.commands import dataset_config_arg, run_stoppable, sample_loader
     from izoo.fitting.shard import EXIT_INTERRUPTED
 
     cfg = dataset_config_arg(args.dataset_config)
-    manifest = read_manifest(args.manifest)
+    manifest = load_manifest(args.manifest)
     done = run_stoppable(args.runtime_minutes, args.workdir,
                          lambda stop: run_meta_init(args.dataset, cfg, manifest, args.workdir, args.out,
                                                     load_sample=sample_loader(cfg), should_stop=stop.should_stop,

@@ -6,7 +6,9 @@ import sys
 from izoo.archive.layout import PHASES
 from izoo.benchmarks.variants import pose_training_jobs
 from izoo.config import PipelineConfig
+from izoo.datasets.manifest import load_shards_info
 from izoo.errors import IzooError
+from izoo.fitting.refine import read_plan
 
 try:   # parsed once: every rule reads this frozen, typed, defaults-filled object
     CFG = PipelineConfig.parse(config, source="config (config.yaml + --configfile/--config overrides)")
@@ -78,8 +80,7 @@ def runtime_arg(wildcards, resources):
 
 def manifest_info(ds):
     """shards.json of the dataset (waits for the manifest checkpoint)."""
-    with open(checkpoints.manifest.get(ds=ds).output.shards) as fh:
-        return json.load(fh)
+    return load_shards_info(checkpoints.manifest.get(ds=ds).output.shards)
 
 
 def shard_ids(ds, split=None):
@@ -96,9 +97,8 @@ def basic_files(ds, ext, split=None):
 
 
 def refine_plan(ds, phase):
-    checkpoint_rule = getattr(checkpoints, f"plan_{phase}")
-    with open(checkpoint_rule.get(ds=ds).output.plan) as fh:
-        return json.load(fh)
+    """The refinement plan of ``phase`` (waits for its checkpoint; izoo.fitting.refine owns the file)."""
+    return read_plan(getattr(checkpoints, f"plan_{phase}").get(ds=ds).output.plan)
 
 
 def checkpoint_files(wildcards, upto="until_threshold"):
