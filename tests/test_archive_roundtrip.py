@@ -158,7 +158,7 @@ def test_multi_block_merge_matches_a_plain_assembly(tmp_path, monkeypatch):
     """1,100 items in two shards, merged in 512-item blocks (edge chunk included), refined rows scattered."""
     from izoo.archive import layout, merge
     from izoo.archive.merge import merge_split
-    from izoo.models import siren
+    from izoo.siren import model as siren
     import pandas as pd
 
     n, spec = 1100, siren.SirenSpec(depth=2, width=4)

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from izoo.fitting import engine
-from izoo.fitting.engine import FitInterrupted, fit_all_phases, fit_images
-from izoo.fitting.families import BatchCheckpoint, SirenFamily
+from izoo.fitting.batch import BatchCheckpoint
+from izoo.fitting.stream import FitInterrupted
+from izoo.siren import engine
+from izoo.siren.engine import fit_all_phases, fit_images
+from izoo.siren.family import SirenFamily
 from izoo.fitting.phases import phase_settings
 from izoo.errors import IzooError
-from izoo.models import siren
+from izoo.siren import model as siren
 
 
 

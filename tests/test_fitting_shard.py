@@ -13,7 +13,7 @@ import torch
 
 from izoo.archive import layout
 from izoo.fitting import refine
-from izoo.fitting.engine import FitInterrupted
+from izoo.fitting.stream import FitInterrupted
 from izoo.fitting.shard import REPORT_COLUMNS, fit_shard
 
 N_ITEMS = 5

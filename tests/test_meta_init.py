@@ -17,7 +17,8 @@ from izoo.archive.merge import merge_split
 from izoo.cli import main
 from izoo.config import load_config
 from izoo.errors import IzooError
-from izoo.fitting import engine, learned_init, meta_init
+from izoo.fitting import learned_init, meta_init
+from izoo.fitting.stream import FitInterrupted
 from izoo.fitting.commands import sample_loader
 from izoo.fitting.shard import fingerprint
 
@@ -73,7 +74,7 @@ def test_meta_init_is_deterministic_resumable_and_uses_only_train_items(tmp_path
     calls = iter([False, False, True])
     loader = sample_loader(cfg)
     table = pd.read_csv(manifest)
-    with pytest.raises(engine.FitInterrupted):
+    with pytest.raises(FitInterrupted):
         meta_init.run_meta_init("demo", cfg, table, tmp_path / "work2", tmp_path / "init2.h5", load_sample=loader,
                                 should_stop=lambda: next(calls))
     assert (tmp_path / "work2" / "state.pt").exists() and not (tmp_path / "init2.h5").exists()
@@ -216,7 +217,7 @@ def test_workflow_meta_learns_before_fitting_and_reruns_on_a_changed_init(tmp_pa
 
 @pytest.mark.parametrize("depth,width", [(3, 64), (4, 256), (5, 256)])   # the CIFAR, ImageNet, Cityscapes SIRENs
 def test_every_config_siren_size_meta_learns_and_loads(tmp_path, depth, width):
-    from izoo.fitting.families import SirenFamily
+    from izoo.siren.family import SirenFamily
 
     model = {"family": "siren", "depth": depth, "width": width, "w0": 30.0}
     family = SirenFamily(model, {"lr": 1e-3, "compile": "off"})

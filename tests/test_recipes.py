@@ -11,10 +11,10 @@ import yaml
 
 from izoo.config import load_config
 from izoo.errors import IzooError
-from izoo.fitting import engine
+from izoo.siren import engine
 from izoo.fitting.phases import phase_settings
 from izoo.fitting.recipes import RECIPES, resolve_recipe
-from izoo.models import siren
+from izoo.siren import model as siren
 
 
 def _ds(**extra):

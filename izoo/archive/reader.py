@@ -9,7 +9,7 @@ API (``izoo.archive.open`` is ``open_archive``)::
     arch.items                            # pandas table of every per-item column
     arch[i]                               # {"params": [Tensor w0, b0, ...] (no batch dim), "label", "index", "psnr"}
                                           #  + one entry per extra ("label_map" [H, W] uint8, ...)
-    arch.params_batch([3, 4, 9])          # [w0 [B,out,in], b0 [B,out], ...] on arch.device: izoo.models.siren.forward-ready
+    arch.params_batch([3, 4, 9])          # [w0 [B,out,in], b0 [B,out], ...] on arch.device: izoo.siren.model.forward-ready
     arch.extras("label_map", rows)        # numpy [B, ...]; arch.label_maps(rows) is the segmentation shortcut
     arch.shared_init()                    # model.init: learned only: [w0, b0, ...] the items started from (else None)
     for batch in arch.loader(batch_size=512, shuffle=True, seed=0):   # dict of batched tensors, as arch[i] batched
@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from izoo.archive import layout
 from izoo.archive.merge import read_rows
 from izoo.errors import IzooError
-from izoo.models import siren
+from izoo.siren import model as siren
 
 #: per open dataset: HDF5 keeps decompressed chunks, so neighbouring items and batches share one decompression
 CHUNK_CACHE_BYTES = 32 << 20

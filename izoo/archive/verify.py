@@ -35,7 +35,7 @@ from izoo.archive.reader import (InrArchive, coordinate_convention_of, param_sor
                                  virtual_source_problems)
 from izoo.errors import IzooError
 from izoo.metrics import psnr as psnr_db
-from izoo.models import siren
+from izoo.siren import model as siren
 
 
 REQUIRED_ATTRS = ("format", "format_version", "model_family", "architecture", "izoo_version", "created")

@@ -16,10 +16,11 @@ import pandas as pd
 from izoo.config import check_dataset_entry
 from izoo.errors import BadItemError, IzooError
 from izoo.jsonargs import json_file_of, load_json_object
-from izoo.fitting import engine, refine
+from izoo.fitting import refine
 from izoo.fitting.phases import PHASES
 from izoo.fitting.progress import emit
 from izoo.fitting.shard import EXIT_INTERRUPTED, StopControl, fit_shard
+from izoo.fitting.stream import FitInterrupted
 
 
 def parse_dataset_config(text: str) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def run_stoppable(runtime_minutes: float | None, workdir: str | Path, work: Call
     stop = StopControl(runtime_minutes).install()
     try:
         return work(stop)
-    except engine.FitInterrupted as exc:
+    except FitInterrupted as exc:
         emit(f"stopped: {stop.reason or exc}; progress kept in {workdir}; rerun the same command to resume "
              f"(exit {EXIT_INTERRUPTED})")
         return None

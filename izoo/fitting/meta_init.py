@@ -2,7 +2,7 @@
 
 Algorithm: Reptile (Nichol et al., 2018) over the batched engine. Each outer step draws a meta-batch of
 ``meta_batch`` items from the subset, fits all of them for ``inner_steps`` Adam steps from the current init
-with ``izoo.fitting.engine.fit_images`` (fresh Adam moments and the dataset's ``fit.lr``, as the fit jobs
+with ``izoo.siren.engine.fit_images`` (fresh Adam moments and the dataset's ``fit.lr``, as the fit jobs
 start), and moves the init towards the mean of the fitted weights:
 ``θ ← θ + ε_t (mean_i φ_i − θ)`` with ``ε_t`` decaying linearly from ``outer_lr`` to 0.
 
@@ -38,11 +38,14 @@ import torch
 
 from izoo.atomic import atomic_path
 from izoo.errors import IzooError
-from izoo.fitting import engine, learned_init
-from izoo.fitting.families import SirenFamily, default_device
+from izoo.fitting import learned_init
+from izoo.fitting.device import default_device
 from izoo.fitting.phases import PhaseSettings, fit_config
 from izoo.fitting.progress import emit
-from izoo.models import siren
+from izoo.fitting.stream import FitInterrupted, is_out_of_memory
+from izoo.siren import engine
+from izoo.siren import model as siren
+from izoo.siren.family import SirenFamily
 
 #: defaults of a dataset's ``meta_init:`` section (workflow/schemas/config.schema.yaml documents the same)
 DEFAULT_META_INIT: dict[str, Any] = {
@@ -145,7 +148,7 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
             progress_every: float = 30.0) -> MetaResult:
     """Reptile over ``images`` ``[M, 3, H, W]`` in [0, 1] from the SIREN init of ``base_seed``; resumable via ``state_path``.
 
-    A stop request saves the state and raises ``engine.FitInterrupted``.
+    A stop request saves the state and raises ``FitInterrupted``.
     """
     names = family.param_names()
     theta = [p[0].clone() for p in siren.init_params(family.spec, [base_seed])]
@@ -167,7 +170,7 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
     while step < settings.outer_steps:
         if should_stop is not None and should_stop():
             save()
-            raise engine.FitInterrupted(f"stop requested at outer step {step}")
+            raise FitInterrupted(f"stop requested at outer step {step}")
         tick = time.perf_counter()
         rows = torch.as_tensor(meta_batch_rows(len(images), settings, step))
         batch = images[rows]
@@ -176,7 +179,7 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
                                     init=[p.unsqueeze(0).expand(len(rows), *p.shape).contiguous() for p in theta],
                                     device=device, use_compile=use_compile)
         except Exception as exc:
-            if not engine.is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             raise IzooError(f"a meta-batch of {len(rows)} items does not fit in {device} memory", "config.yaml",
                             "lower meta_init.meta_batch") from None

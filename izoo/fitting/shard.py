@@ -35,11 +35,14 @@ import torch
 
 from izoo.archive import layout
 from izoo.errors import IzooError
-from izoo.fitting import engine, learned_init
-from izoo.fitting.families import BatchCheckpoint, BatchFit, default_device, finite_params, get_family
+from izoo.fitting import learned_init
+from izoo.fitting.batch import BatchCheckpoint, BatchFit, finite_params
+from izoo.fitting.device import default_device
+from izoo.fitting.families import get_family
 from izoo.fitting.phases import PHASES, fit_config, phase_settings
 from izoo.fitting.progress import ProgressMeter, emit
-from izoo.models import siren
+from izoo.fitting.stream import FitInterrupted
+from izoo.siren import model as siren
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the job saved its progress and should be resubmitted
 REPORT_COLUMNS = ["index", "item_id", "split", "label", "shard", "phase", "psnr_before", "psnr_after",
@@ -205,7 +208,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
     """Fit ``items`` (manifest rows; refinement phases also need an ``init`` column naming each item's weights
     file) as one stream through ``fit.batch_size`` slots, reusing finished groups from ``workdir``.
 
-    A stop request (signal, deadline) saves the in-flight state and raises ``engine.FitInterrupted``.
+    A stop request (signal, deadline) saves the in-flight state and raises ``FitInterrupted``.
     """
     if phase not in PHASES:
         raise IzooError(f"unknown phase {phase!r}", None, f"use one of {', '.join(PHASES)}")
@@ -248,7 +251,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         if ckpt.load() is not None:
             emit(f"{len(items) - done} items in flight or not started")
         if should_stop():
-            raise engine.FitInterrupted("stop requested before fitting")
+            raise FitInterrupted("stop requested before fitting")
         samples = [load_sample(row) for row in items.to_dict("records")]
         seeds = siren.item_seeds(seed_mode, seed_base, items["index"].tolist())
         prev_iters = np.zeros(len(items), dtype=np.int64)
@@ -294,7 +297,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         try:
             family.fit_batch(samples, init, seeds, settings, device, ckpt, meter.step, slots=batch_size,
                              on_group=write_group)
-        except engine.FitInterrupted:
+        except FitInterrupted:
             emit(f"job interrupted ({stop.reason if stop else 'stop requested'}); "
                  f"{ckpt.meta.get('groups', 0)} finished group(s) kept, in-job checkpoint saved to {ckpt.path}")
             raise

@@ -1,6 +1,6 @@
 """Continuous batching: a job's items stream through a fixed number of slots, each at its own step.
 
-``StreamFit`` is the model-agnostic part of the batched fitters (SIREN in ``izoo.fitting.engine``, NeRF in
+``StreamFit`` is the model-agnostic part of the batched fitters (SIREN in ``izoo.siren.engine``, NeRF in
 ``izoo.nerf.fitting``). It keeps at most ``slots`` items training at once; an item leaves its slot at the first
 check at which the phase lets it stop (gate passed after ``min_steps``, stalled, or its step budget spent), and
 the next unstarted item of the job takes the slot at step 0. Every slot carries its own step counter, so its

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from izoo.errors import IzooError
-from izoo.fitting.families import BatchCheckpoint, BatchFit, fit_in_streams, register_family, same_size_units
+from izoo.fitting.batch import BatchCheckpoint, BatchFit, fit_in_streams, same_size_units
+from izoo.fitting.families import register_family
 from izoo.fitting.phases import PhaseSettings, fit_config
 from izoo.fitting.stream import ProgressFn
 from izoo.nerf import model

@@ -14,25 +14,22 @@ per-image ``nn.MSELoss`` fit uses); the batch loss is the SUM over items, so eac
 own. PSNR is measured on de-normalised, clamped [0, 1] pixels. Items that stop early (gate reached, stalled)
 are removed from the batch at the next check, so they stop costing compute.
 
-The output of the fitted parameters equals ``izoo.models.siren.forward`` (tested).
+The output of the fitted parameters equals ``izoo.siren.model.forward`` (tested).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from izoo.errors import IzooError
 from izoo.fitting.phases import PhaseSettings
-from izoo.fitting.stream import (ADAM_BETAS, ADAM_EPS, FitInterrupted, FitResult, FlatLayout, ProgressFn, StreamFit,
-                                 is_out_of_memory)
-from izoo.models import siren
-from izoo.models.siren import Params, SirenSpec
+from izoo.fitting.stream import ADAM_BETAS, ADAM_EPS, FitResult, FlatLayout, ProgressFn, StreamFit, is_out_of_memory
+from izoo.siren import model as siren
+from izoo.siren.model import Params, SirenSpec
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +39,6 @@ COMPILE_MIN_WORK = 2.0e10
 #: bytes of one activation tensor per CPU chunk (16 CIFAR-sized items at width 64): the few activations a step
 #: keeps then fit the last-level cache instead of streaming through DRAM
 CPU_CHUNK_BYTES = 4 << 20
-
-# --------------------------------------------------------------------------------------------- device handling
-
-def resolve_device(name: str = "auto", tf32: bool = True) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; sets the TF32 matmul switch on CUDA (recorded by the caller)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise IzooError("fit.device is 'cuda' but no CUDA device is visible", "config.yaml",
-                            "set fit.device to auto or cpu, or run on a GPU node")
-        torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
-        torch.backends.cudnn.allow_tf32 = bool(tf32)
-    elif name != "cpu":
-        raise IzooError(f"unknown fit.device {name!r}", "config.yaml", "use auto, cpu or cuda")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------------------------- the training step
