@@ -20,10 +20,8 @@ The output of the fitted parameters equals ``izoo.siren.model.forward`` (tested)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from izoo.fitting.phases import PhaseSettings
@@ -283,44 +281,3 @@ def fit_images(images01: torch.Tensor, spec: SirenSpec, settings: PhaseSettings,
         fitter.load_state(resume_state)
     return fitter.run(should_stop=should_stop, on_checkpoint=on_checkpoint, progress=progress)
 
-
-@dataclass
-class PhasedResult:
-    """Per-item outcome of the three phases run in memory (``fit_all_phases``)."""
-
-    params: Params
-    psnr: np.ndarray
-    iterations: np.ndarray   # summed over phases
-    seconds: np.ndarray
-    phase: np.ndarray        # last phase that trained the item
-    passed: np.ndarray
-
-
-def fit_all_phases(images01: torch.Tensor, spec: SirenSpec, fit_cfg: dict | None = None,
-                   seeds: Sequence[int] | None = None, device: torch.device | str = "cpu",
-                   use_compile: bool | str = "auto") -> PhasedResult:
-    """basic on every item, extended on items below the gate, until_threshold on items still below it."""
-    from izoo.fitting.phases import PHASES, phase_settings
-
-    n = images01.shape[0]
-    res = fit_images(images01, spec, phase_settings(fit_cfg, "basic"), seeds=seeds, device=device,
-                     use_compile=use_compile)
-    params = [p.clone() for p in res.params]
-    psnr, iters, secs = res.psnr.copy(), res.iterations.copy(), res.seconds.copy()
-    phase = np.array(["basic"] * n, dtype=object)
-    passed = res.passed.copy()
-    for name in PHASES[1:]:
-        failing = np.flatnonzero(~passed)
-        if len(failing) == 0:
-            break
-        sel = torch.as_tensor(failing)
-        sub = fit_images(images01[sel], spec, phase_settings(fit_cfg, name), init=[p[sel] for p in params],
-                         device=device, use_compile=use_compile)
-        for k, p in enumerate(sub.params):
-            params[k][sel] = p
-        psnr[failing], passed[failing] = sub.psnr, sub.passed
-        iters[failing] += sub.iterations
-        secs[failing] += sub.seconds
-        phase[failing] = name
-    return PhasedResult(params=params, psnr=psnr, iterations=iters, seconds=secs, phase=phase.astype(str),
-                        passed=passed)
