@@ -1,14 +1,15 @@
 """Fitting one batch of samples in one phase: streams of same-sized items, resumable from one checkpoint file.
 
 Every family's ``fit_batch`` builds one ``StreamFit`` per item size and hands it to ``fit_in_streams``, which runs
-them in order, hands finished items out in groups (``BatchFit``) and keeps the resume state in a ``BatchCheckpoint``.
+them in order, hands finished items out in groups (``FitResult`` with
+parameters by name and positions in the sample list) and keeps the resume state in a ``BatchCheckpoint``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -21,22 +22,6 @@ from izoo.fitting.progress import emit
 from izoo.fitting.stream import FitResult, ProgressFn
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BatchFit:
-    """Per-item outcome of ``fit_batch`` (arrays in ``positions`` order: positions in the sample list)."""
-
-    params: dict[str, np.ndarray]
-    psnr_before: np.ndarray
-    psnr: np.ndarray
-    iterations: np.ndarray
-    seconds: np.ndarray
-    passed: np.ndarray
-    positions: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(len(self.psnr))
 
 
 class BatchCheckpoint:
@@ -111,49 +96,47 @@ def same_size_units(shapes: Sequence[tuple[int, ...]]) -> list[list[int]]:
     return list(units.values())
 
 
-def _batch_fit(res: FitResult, names: Sequence[str], as_arrays: Callable[[Any], list[np.ndarray]],
-               positions: Sequence[int]) -> BatchFit:
+#: the per-item arrays of a ``FitResult`` besides its parameters (what a checkpoint stores for finished items)
+_PER_ITEM = ("psnr_before", "psnr", "iterations", "seconds", "passed", "positions")
+
+
+def _named(res: FitResult, names: Sequence[str], as_arrays: Callable[[Any], list[np.ndarray]],
+           positions: Sequence[int]) -> FitResult:
     """A stream's result with parameters by name and positions in the caller's sample list."""
     local = res.positions if res.positions is not None else np.arange(len(res))
-    return BatchFit(params={k: np.asarray(v, dtype=np.float32) for k, v in zip(names, as_arrays(res.params))},
-                    psnr_before=res.psnr_before, psnr=res.psnr, iterations=res.iterations, seconds=res.seconds,
-                    passed=res.passed, positions=np.asarray(positions, dtype=np.int64)[local])
+    return dataclasses.replace(res, params={k: np.asarray(v, dtype=np.float32)
+                                            for k, v in zip(names, as_arrays(res.params))},
+                               positions=np.asarray(positions, dtype=np.int64)[local])
 
 
-def concat_batch_fits(parts: Sequence[BatchFit], names: Sequence[str]) -> BatchFit:
-    """One ``BatchFit`` of several, sorted by position."""
-    positions = np.concatenate([p.positions for p in parts])
-    order = np.argsort(positions, kind="stable")
-    cat = lambda field: np.concatenate([getattr(p, field) for p in parts])[order]  # noqa: E731
-    return BatchFit(params={k: np.concatenate([p.params[k] for p in parts])[order] for k in names},
-                    psnr_before=cat("psnr_before"), psnr=cat("psnr"), iterations=cat("iterations"),
-                    seconds=cat("seconds"), passed=cat("passed"), positions=positions[order])
+def concat_fits(parts: Sequence[FitResult], names: Sequence[str]) -> FitResult:
+    """One ``FitResult`` of several (parameters by name), sorted by position."""
+    order = np.argsort(np.concatenate([p.positions for p in parts]), kind="stable")
+    return FitResult(params={k: np.concatenate([p.params[k] for p in parts])[order] for k in names},
+                     **{f: np.concatenate([getattr(p, f) for p in parts])[order] for f in _PER_ITEM})
 
 
-def _fits_to_tensors(parts: Sequence[BatchFit], names: Sequence[str]) -> dict[str, torch.Tensor] | None:
+def _fits_to_tensors(parts: Sequence[FitResult], names: Sequence[str]) -> dict[str, torch.Tensor] | None:
     """Finished items kept in memory, in the plain-tensor form a ``weights_only`` checkpoint accepts."""
     if not parts:
         return None
-    whole = concat_batch_fits(parts, names)
-    out = {f: torch.from_numpy(np.ascontiguousarray(getattr(whole, f)))
-           for f in ("psnr_before", "psnr", "iterations", "seconds", "passed", "positions")}
+    whole = concat_fits(parts, names)
+    out = {f: torch.from_numpy(np.ascontiguousarray(getattr(whole, f))) for f in _PER_ITEM}
     out.update({f"param:{k}": torch.from_numpy(np.ascontiguousarray(whole.params[k])) for k in names})
     return out
 
 
-def _fits_from_tensors(saved: Mapping[str, torch.Tensor] | None, names: Sequence[str]) -> list[BatchFit]:
+def _fits_from_tensors(saved: Mapping[str, torch.Tensor] | None, names: Sequence[str]) -> list[FitResult]:
     if not saved:
         return []
-    get = lambda f: saved[f].numpy()  # noqa: E731
-    return [BatchFit(params={k: saved[f"param:{k}"].numpy() for k in names}, psnr_before=get("psnr_before"),
-                     psnr=get("psnr"), iterations=get("iterations"), seconds=get("seconds"), passed=get("passed"),
-                     positions=get("positions"))]
+    return [FitResult(params={k: saved[f"param:{k}"].numpy() for k in names},
+                      **{f: saved[f].numpy() for f in _PER_ITEM})]
 
 
 def fit_in_streams(units: Sequence[Sequence[int]], make_fitter: Callable[[list[int]], Any], names: Sequence[str],
                    as_arrays: Callable[[Any], list[np.ndarray]], settings: PhaseSettings,
                    checkpoint: BatchCheckpoint | None, progress: ProgressFn | None,
-                   on_group: Callable[[BatchFit], None] | None) -> BatchFit | None:
+                   on_group: Callable[[FitResult], None] | None) -> FitResult | None:
     """Run one stream (``make_fitter(positions)``, a ``StreamFit``) per unit of positions, in order, resumable.
 
     The checkpoint holds the unit in flight and its stream state; earlier units were handed to ``on_group``
@@ -171,7 +154,7 @@ def fit_in_streams(units: Sequence[Sequence[int]], make_fitter: Callable[[list[i
             fitter.load_state(saved["engine"])
 
         def hand_out(res: FitResult, _pos: list[int] = positions) -> None:
-            part = _batch_fit(res, names, as_arrays, _pos)
+            part = _named(res, names, as_arrays, _pos)
             if on_group is not None:
                 on_group(part)
             else:
@@ -187,10 +170,10 @@ def fit_in_streams(units: Sequence[Sequence[int]], make_fitter: Callable[[list[i
         return None
     if not collected:
         empty = {k: np.zeros((0,), dtype=np.float32) for k in names}
-        return BatchFit(params=empty, psnr_before=np.zeros(0, np.float32), psnr=np.zeros(0, np.float32),
-                        iterations=np.zeros(0, np.int64), seconds=np.zeros(0, np.float32),
-                        passed=np.zeros(0, bool), positions=np.zeros(0, np.int64))
-    return concat_batch_fits(collected, names)
+        return FitResult(params=empty, psnr_before=np.zeros(0, np.float32), psnr=np.zeros(0, np.float32),
+                         iterations=np.zeros(0, np.int64), seconds=np.zeros(0, np.float32),
+                         passed=np.zeros(0, bool), positions=np.zeros(0, np.int64))
+    return concat_fits(collected, names)
 
 
 def finite_params(params: Mapping[str, np.ndarray]) -> bool:

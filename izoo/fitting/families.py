@@ -15,13 +15,13 @@ member                                          meaning
 ``init(seeds) -> dict[str, ndarray]``           initial parameters ``[n, *shape]`` for per-item seeds
 ``fit_batch(samples, init_params, seeds,        fit the samples in one phase, ``slots`` at a time (continuous
   settings, device, checkpoint, progress,       batching, ``izoo.fitting.stream``); ``init_params`` is ``None``
-  slots, on_group) -> BatchFit | None``         (start from ``init(seeds)``) or a dict like ``init``'s;
+  slots, on_group) -> FitResult | None``        (start from ``init(seeds)``) or a dict like ``init``'s;
                                                 ``settings`` is a ``PhaseSettings``; ``checkpoint`` a
                                                 ``BatchCheckpoint`` (resume state, periodic saves, stop requests →
                                                 save + ``FitInterrupted``); ``progress(finished, total, n_active,
                                                 mean_psnr)`` or ``None``; with ``on_group`` finished items are
-                                                handed out in groups (``BatchFit`` with ``positions``) and ``None``
-                                                is returned, else one ``BatchFit`` of all samples
+                                                handed out in groups (``FitResult`` with ``positions``) and ``None``
+                                                is returned, else one ``FitResult`` of all samples
 ``extras(samples) -> dict[str, ndarray]``       per-item arrays stored under ``/extras`` (e.g. ``label_map``)
 ==============================================  ============================================================
 

@@ -36,12 +36,12 @@ import torch
 from izoo.archive import layout
 from izoo.errors import IzooError
 from izoo.fitting import learned_init
-from izoo.fitting.batch import BatchCheckpoint, BatchFit, finite_params
+from izoo.fitting.batch import BatchCheckpoint, finite_params
 from izoo.fitting.device import default_device
 from izoo.fitting.families import get_family
 from izoo.fitting.phases import PHASES, fit_config, phase_settings
 from izoo.fitting.progress import ProgressMeter, emit
-from izoo.fitting.stream import FitInterrupted
+from izoo.fitting.stream import FitInterrupted, FitResult
 from izoo.siren import model as siren
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the job saved its progress and should be resubmitted
@@ -262,7 +262,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, items, recipe)
         attrs["work_fingerprint"] = fp
 
-        def write_group(part: BatchFit) -> None:
+        def write_group(part: FitResult) -> None:
             k = int(ckpt.meta.get("groups", 0))
             pos = part.positions
             rows = items.iloc[pos].reset_index(drop=True)
@@ -289,7 +289,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
                 emit(line)
                 meter.add(part.psnr.tolist(), int(part.passed.sum()), fitted=True)
 
-        unannounced: list[tuple[str, BatchFit]] = []
+        unannounced: list[tuple[str, FitResult]] = []
         ckpt.after_save = announce
 
         ckpt.meta.setdefault("groups", len(groups))

@@ -49,9 +49,14 @@ class FitInterrupted(Exception):
 
 @dataclass
 class FitResult:
-    """Per-item outcome of one phase for a set of items (arrays in ``positions`` order, tensors on the CPU)."""
+    """Per-item outcome of one phase for a set of items (arrays in ``positions`` order, tensors on the CPU).
 
-    params: Any                # family form: SIREN list [w0, b0, ...], NeRF dict name -> tensor; stacked over items
+    A stream (``StreamFit.run``) returns ``params`` in its family's form and ``positions`` in the stream's job;
+    a family's ``fit_batch`` (``izoo.fitting.batch``) returns ``params`` by name (numpy) and ``positions`` in its
+    sample list.
+    """
+
+    params: Any                # stacked over items: SIREN list [w0, b0, ...], NeRF dict, or name -> ndarray
     psnr_before: np.ndarray    # float32, PSNR of the initial weights
     psnr: np.ndarray           # float32, PSNR of the returned weights
     iterations: np.ndarray     # int64, steps this item took in this phase
