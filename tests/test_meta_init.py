@@ -125,7 +125,7 @@ def test_fit_starts_every_item_from_the_init_and_records_it(tmp_path, capsys):
     arch = izoo.archive.open(archive)
     assert arch.attrs["learned_init"]["sha256"] == init.sha256
     assert np.array_equal(arch.shared_init()[0].numpy(), init.params["layer0.weight"])
-    from izoo.archive.verify import check_structure
+    from izoo.archive.checks import check_structure
 
     arch.close()
     assert check_structure(archive, manifest=pd.read_csv(manifest)) == []
