@@ -24,6 +24,15 @@ from izoo.fitting.stream import FitResult, ProgressFn
 log = logging.getLogger(__name__)
 
 
+def item_seeds(mode: str, base_seed: int, indices: Sequence[int]) -> list[int]:
+    """Seeds for items: ``shared`` gives every item ``base_seed``; ``per_item`` gives ``base_seed + manifest index``."""
+    if mode == "shared":
+        return [int(base_seed)] * len(indices)
+    if mode == "per_item":
+        return [int(base_seed) + int(i) for i in indices]
+    raise ValueError(f"seed mode must be 'shared' or 'per_item' (got {mode!r})")
+
+
 class BatchCheckpoint:
     """In-batch resume state in one file (``torch.save``, written atomically) plus the stop request.
 

@@ -36,13 +36,12 @@ import torch
 from izoo.archive import layout
 from izoo.errors import IzooError
 from izoo.fitting import learned_init
-from izoo.fitting.batch import BatchCheckpoint, finite_params
+from izoo.fitting.batch import BatchCheckpoint, finite_params, item_seeds
 from izoo.fitting.device import default_device
 from izoo.fitting.families import get_family
 from izoo.fitting.phases import PHASES, fit_config, phase_settings
 from izoo.fitting.progress import ProgressMeter, emit
 from izoo.fitting.stream import FitInterrupted, FitResult
-from izoo.siren import model as siren
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the job saved its progress and should be resubmitted
 REPORT_COLUMNS = ["index", "item_id", "split", "label", "shard", "phase", "psnr_before", "psnr_after",
@@ -253,7 +252,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         if should_stop():
             raise FitInterrupted("stop requested before fitting")
         samples = [load_sample(row) for row in items.to_dict("records")]
-        seeds = siren.item_seeds(seed_mode, seed_base, items["index"].tolist())
+        seeds = item_seeds(seed_mode, seed_base, items["index"].tolist())
         prev_iters = np.zeros(len(items), dtype=np.int64)
         prev_secs = np.zeros(len(items), dtype=np.float64)
         init = None
