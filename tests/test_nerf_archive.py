@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import izoo.archive
 from izoo.archive import layout
 from izoo.cli import main as izoo_main
 from izoo.datasets.base import Sample
@@ -112,6 +113,10 @@ def test_demo_scenes_fit_archive_render_and_grid(demo_root, tmp_path) -> None:
         assert arc.render_pose(0, cam["poses"][0], 8, 8).shape == (8, 8, 3)
         grid = arc.grid(resolution=8)
         assert grid.shape == (2, 4, 8, 8, 8) and bool((grid[:, 3] >= 0).all())
+    # the plain reader renders NeRFs through the view the nerf family registered: first held-out camera
+    with izoo.archive.open(path) as plain:
+        assert plain.spec == family.spec and plain.param_names == family.spec.param_names()
+        torch.testing.assert_close(plain.render([1], 16, 16)[0], img.permute(2, 0, 1))
 
     png = tmp_path / "view.png"
     assert izoo_main(["render-nerf", "--archive", str(path), "--item", refs[0].item_id, "--size", "12",

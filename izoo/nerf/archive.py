@@ -93,7 +93,11 @@ def open_nerf_archive(path: str | Path, device: torch.device | str = "cpu") -> N
     return NerfArchive(path, device)
 
 
-register_archive_family("nerf", ArchiveFamily(
-    spec=spec_from_attrs, param_order=param_order,
-    coordinate_convention=lambda attrs, path: str(attrs.get("coordinate_convention", "")),
-    render=render_held_out))
+def camera_convention(attrs: Mapping[str, Any], path: Path) -> str:
+    """The ``coordinate_convention`` attribute of a NeRF file: the text of its camera convention."""
+    return str(attrs.get("coordinate_convention", ""))
+
+
+# named functions, not lambdas: an InrArchive (and its family view) is pickled into spawned DataLoader workers
+register_archive_family("nerf", ArchiveFamily(spec=spec_from_attrs, param_order=param_order,
+                                              coordinate_convention=camera_convention, render=render_held_out))
