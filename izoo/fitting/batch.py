@@ -1,8 +1,9 @@
 """Fitting one batch of samples in one phase: streams of same-sized items, resumable from one checkpoint file.
 
 Every family's ``fit_batch`` builds one ``StreamFit`` per item size and hands it to ``fit_in_streams``, which runs
-them in order, hands finished items out in groups (``FitResult`` with
-parameters by name and positions in the sample list) and keeps the resume state in a ``BatchCheckpoint``.
+them in order, hands finished items out in groups (``FitResult`` with parameters by name and positions in the
+sample list) and keeps the resume state in a ``BatchCheckpoint``. ``item_seeds`` is the ``seed.mode`` rule that
+picks each item's initialisation seed.
 """
 
 from __future__ import annotations
