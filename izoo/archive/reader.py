@@ -36,7 +36,6 @@ first archived held-out camera (other cameras and density grids: ``izoo.nerf.arc
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 

@@ -30,7 +30,6 @@ scene's draws do not depend on the other scenes of its batch (the family keys sc
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
