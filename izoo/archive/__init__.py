@@ -5,7 +5,8 @@
 
 Layers, each importing only those before it: ``layout`` (the file layout) → ``checks`` (what the attributes
 mean, structure checks) and ``families`` (the registry model families fill with how their files read and
-render) → ``reader`` and ``merge`` → ``verify`` → ``commands``. The package imports no model family.
+render) → ``reader`` and ``merge`` → ``verify`` → ``commands``. Of the model families it imports only
+``izoo.siren.model``, which sits below it (SIREN specs and coordinate conventions); the rest register themselves.
 """
 
 from __future__ import annotations
