@@ -2,7 +2,7 @@
 
 Fits the same real photographs (32×32 patches cut from scikit-image's bundled sample images, no downloads)
 (a) one at a time, as the paper's released code does (``nn.Module`` SIREN, ``torch.optim.Adam``,
-``CosineAnnealingLR``), and (b) all at once with ``izoo.fitting.engine`` (eager, and with the torch.compile
+``CosineAnnealingLR``), and (b) all at once with ``izoo.siren.engine`` (eager, and with the torch.compile
 training step), for the full basic budget; prints images/s, the ratio, mean/min PSNR, and achieved GFLOP/s against a
 large fp32 matmul measured in the same run. Not a test: numbers depend on the machine and its load.
 
@@ -23,9 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from izoo.fitting import engine
+from izoo.fitting.device import resolve_device
+from izoo.siren import engine
 from izoo.fitting.phases import phase_settings
-from izoo.models import siren
+from izoo.siren import model as siren
 
 SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
 
@@ -185,7 +186,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    device = engine.resolve_device(args.device, tf32=not args.no_tf32)
+    device = resolve_device(args.device, tf32=not args.no_tf32)
     spec = siren.SirenSpec(depth=args.depth, width=args.width)
     images = real_patches(max(args.n_batched, args.n_loop))
     pixels = images.shape[2] * images.shape[3]

@@ -41,11 +41,13 @@ import torch
 
 from fit_throughput import fit_one_at_a_time, matmul_gflops, train_flops_per_pixel
 from izoo.datasets.demo import cifar_like_images
-from izoo.fitting import engine
-from izoo.fitting.families import SirenFamily
+from izoo.fitting.device import resolve_device
+from izoo.fitting.stream import FitResult
+from izoo.siren import engine
+from izoo.siren.family import SirenFamily
 from izoo.fitting.phases import phase_settings
 from izoo.fitting.recipes import RECIPES
-from izoo.models import siren
+from izoo.siren import model as siren
 
 CIFAR = siren.SirenSpec(depth=3, width=64, w0=30.0)
 
@@ -98,7 +100,7 @@ class Suite:
         return self._images[:unique].repeat(reps, 1, 1, 1)[:n].contiguous()
 
     def timed_fit(self, images: torch.Tensor, spec: siren.SirenSpec, settings: Any, use_compile: bool,
-                  **kwargs: Any) -> tuple[engine.FitResult, float]:
+                  **kwargs: Any) -> tuple[FitResult, float]:
         """``engine.fit_images`` after a 2-step warm-up of the same spec (compiles it), and its seconds."""
         engine.fit_images(images[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4,
                           device=self.device, use_compile=use_compile)
@@ -323,7 +325,7 @@ def main() -> None:
     ap.add_argument("--part-seconds", type=float, default=None, help="time box of each part (default 55, quick 60)")
     ap.add_argument("--parts", nargs="+", default=["cifar", "gate", "large", "nerf", "jax", "oom"])
     args = ap.parse_args()
-    device = engine.resolve_device(args.device, tf32=True)
+    device = resolve_device(args.device, tf32=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
     say(f"# gpu_suite.py {time.strftime('%Y-%m-%d %H:%M')} device={name} torch {torch.__version__} "
         f"threads {torch.get_num_threads()} quick={args.quick}")

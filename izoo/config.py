@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping, TypeVar
 import yaml
 
 from izoo.errors import IzooError
+from izoo.fitting.recipes import DEFAULT_RECIPE, RECIPES
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA_NAME = "workflow/schemas/config.schema.yaml"
@@ -130,8 +131,6 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml", sche
 
     schema = schema or load_schema()
     filled = json.loads(json.dumps(config))  # deep copy and plain types only
-    from izoo.fitting.recipes import resolve_recipe
-
     for name, ds in (filled.get("datasets") or {}).items():
         if isinstance(ds, dict):
             resolved = resolve_recipe(ds, source)
@@ -253,7 +252,7 @@ def _check_learned_init(name: str, ds: Mapping[str, Any], config: Mapping[str, A
     if ds["model"]["family"] != "siren":
         raise IzooError(f"datasets.{name}.model.init: learned needs family siren (got {ds['model']['family']!r})",
                         source, "remove model.init for NeRF datasets")
-    split = (ds.get("meta_init") or {}).get("split", "train")
+    split = ds["meta_init"]["split"]
     held_out = set(HELD_OUT_SPLITS) | {b["test_split"] for b in config.get("benchmarks", {}).values()
                                        if b["dataset"] == name}
     if split in held_out:
@@ -278,6 +277,23 @@ def load_config(*paths: str | Path) -> dict:
             raise IzooError(f"config file is not valid YAML ({exc.__class__.__name__})", path, "fix the YAML syntax") from exc
         merged = deep_merge(merged, data)
     return validate_config(merged, source=", ".join(str(p) for p in paths))
+
+
+def resolve_recipe(dataset_cfg: Mapping[str, Any], source: str = "config.yaml") -> dict[str, Any]:
+    """The dataset config with its recipe's defaults (``izoo.fitting.recipes``) filled in under what it sets itself
+    (idempotent); only 2D SIREN datasets have recipes."""
+    cfg = copy.deepcopy(dict(dataset_cfg))
+    name = cfg.get("recipe", DEFAULT_RECIPE)
+    if name not in RECIPES:
+        raise IzooError(f"unknown fitting recipe {name!r}", source, f"set recipe to one of {', '.join(RECIPES)}")
+    family = (cfg.get("model") or {}).get("family", "siren")
+    if family != "siren":
+        if name != DEFAULT_RECIPE:
+            raise IzooError(f"recipe {name!r} is for 2D SIREN datasets, not model.family {family!r}", source,
+                            "drop the recipe key and set fit.stop / fit.iterations directly")
+        return cfg
+    cfg["recipe"] = name
+    return deep_merge(RECIPES[name], cfg)
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict:
@@ -408,7 +424,7 @@ class FitConfig(_Section):
     @classmethod
     def parse(cls, section: Mapping[str, Any] | None, source: str = "config.yaml") -> "FitConfig":
         """A ``fit:`` section as given (possibly partial) with the schema's defaults filled, then checked."""
-        return cls.from_dict(_filled_section(("$defs", "dataset", "properties", "fit"), section, source, ("fit",)), "fit")
+        return cls.from_dict(filled_section("fit", section, source), "fit")
 
 
 @dataclass(frozen=True)
@@ -468,9 +484,7 @@ class DatasetConfig(_Section):
     def parse(cls, entry: Mapping[str, Any], source: str = "--dataset-config") -> "DatasetConfig":
         """One dataset entry as ``izoo`` CLIs get it: recipe resolved, schema defaults filled, checked (no jsonschema
         needed); a bad key or value raises a one-line ``IzooError`` naming ``source``."""
-        from izoo.fitting.recipes import resolve_recipe   # recipes are fitting knowledge; they import nothing heavy
-
-        return cls.from_dict(_filled_section(("$defs", "dataset"), resolve_recipe(entry, source), source, ()))
+        return cls.from_dict(filled_section("", resolve_recipe(entry, source), source))
 
     @property
     def is_learned(self) -> bool:
@@ -550,13 +564,14 @@ class PipelineConfig(_Section):
         return [name for name, bench in self.benchmarks.items() if bench.enabled]
 
 
-def _filled_section(path: tuple[str, ...], section: Mapping[str, Any] | None, source: str,
-                    prefix: tuple[str, ...]) -> dict:
-    """``section`` (the schema node at ``path``) as plain JSON types, defaults filled, then checked."""
+def filled_section(key: str, section: Mapping[str, Any] | None, source: str = "config.yaml") -> dict:
+    """One dataset's section ``key`` (``""``: the whole entry) as plain JSON types, the schema's defaults filled,
+    then checked without jsonschema (a one-line ``IzooError`` naming ``source``)."""
     schema = _cached_schema(str(SCHEMA_PATH))
-    node = schema
-    for key in path:
-        node = node[key]
+    node = schema["$defs"]["dataset"]
+    prefix: tuple[str, ...] = ()
+    if key:
+        node, prefix = node["properties"][key], (key,)
     value = json.loads(json.dumps(dict(section or {})))
     fill_defaults(node, value, schema)
     problem = _plain_problem(node, value, (), schema)

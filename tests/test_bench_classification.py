@@ -16,7 +16,7 @@ from izoo.benchmarks import classification as clf
 from izoo.benchmarks.tables import classification_table, load_runs, table_markdown
 from izoo.cli import main as izoo_main
 from izoo.errors import IzooError
-from izoo.models import siren
+from izoo.siren import model as siren
 
 SPEC = siren.SirenSpec(depth=3, width=16)
 CLASSES = 4

@@ -13,7 +13,7 @@ import torch
 from izoo.archive.layout import base_attrs, write_inr_file
 from izoo.benchmarks import segmentation as seg
 from izoo.benchmarks.seg_metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from izoo.models import siren
+from izoo.siren import model as siren
 
 TINY_ENCODER = {"depths": [1, 1, 1, 1], "embed_dims": [8, 16, 16, 16], "num_heads": [1, 1, 1, 1],
                 "mlp_ratios": [2, 2, 2, 2]}

@@ -13,9 +13,9 @@ import torch
 
 from izoo.archive import layout
 from izoo.fitting import refine
-from izoo.fitting.engine import FitInterrupted
 from izoo.fitting import psnr_report
 from izoo.fitting.shard import fit_shard
+from izoo.fitting.stream import FitInterrupted
 
 N_ITEMS = 5
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from izoo.config import load_config
+from izoo.config import load_config, resolve_recipe
 from izoo.errors import IzooError
-from izoo.fitting import engine
+from izoo.siren import engine
 from izoo.fitting.phases import phase_settings
-from izoo.fitting.recipes import RECIPES, resolve_recipe
-from izoo.models import siren
+from izoo.fitting.recipes import RECIPES
+from izoo.siren import model as siren
 
 
 def _ds(**extra):

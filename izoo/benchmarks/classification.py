@@ -40,7 +40,7 @@ from izoo.benchmarks.augment import OPS, RandAugmentINR, query_augmented
 from izoo.benchmarks.tokenizers import TOKENIZERS, CoordinateTokenizer, describe
 from izoo.errors import IzooError
 from izoo.jsonargs import json_file_of, load_json_object
-from izoo.models import siren
+from izoo.siren import model as siren
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from izoo.benchmarks.tables import seed_references
 from izoo.benchmarks.tokenizers import CoordinateTokenizer, DISPLAY_NAMES, describe
 from izoo.errors import IzooError
 from izoo.jsonargs import settings_from_json
-from izoo.models import siren
+from izoo.siren import model as siren
 
 log = logging.getLogger(__name__)
 

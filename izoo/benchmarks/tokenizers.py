@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from izoo.models import siren
+from izoo.siren import model as siren
 
 #: tokenizer kinds, in the order of the paper's Table 2
 TOKENIZERS = ("uniform", "s", "lc", "lp", "lp_rand", "lp_reg")

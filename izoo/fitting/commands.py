@@ -17,10 +17,11 @@ from izoo.config import DatasetConfig, dataset_config
 from izoo.datasets.manifest import load_manifest
 from izoo.errors import BadItemError, IzooError
 from izoo.jsonargs import json_file_of, load_json_object
-from izoo.fitting import engine, refine
+from izoo.fitting import refine
 from izoo.archive.layout import PHASES
 from izoo.fitting.progress import emit
 from izoo.fitting.shard import EXIT_INTERRUPTED, StopControl, fit_shard
+from izoo.fitting.stream import FitInterrupted
 
 
 def parse_dataset_config(text: str) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def run_stoppable(runtime_minutes: float | None, workdir: str | Path, work: Call
     stop = StopControl(runtime_minutes).install()
     try:
         return work(stop)
-    except engine.FitInterrupted as exc:
+    except FitInterrupted as exc:
         emit(f"stopped: {stop.reason or exc}; progress kept in {workdir}; rerun the same command to resume "
              f"(exit {EXIT_INTERRUPTED})")
         return None
@@ -111,22 +112,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_job_arguments(parser: argparse.ArgumentParser, recorded_in: str) -> None:
+    """The arguments every fitting job takes: dataset, its config entry, the manifest, work dir, time limit."""
+    parser.add_argument("--dataset", required=True, help=f"dataset name (recorded in {recorded_in})")
+    parser.add_argument("--dataset-config", required=True, help="the dataset's config entry as JSON (or @file.json)")
+    parser.add_argument("--manifest", required=True, help="results/{ds}/manifest.csv")
+    parser.add_argument("--workdir", required=True, help="resume state of this job")
+    parser.add_argument("--runtime-minutes", type=float, default=None,
+                        help="job time limit; the job saves and exits 75 shortly before it")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fit`` and ``plan-refinement`` to the ``izoo`` command line."""
     fit = subparsers.add_parser("fit", help="fit the INRs of one shard or refinement job (resumable)",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fit.add_argument("--dataset", required=True, help="dataset name (recorded in the weights file)")
-    fit.add_argument("--dataset-config", required=True, help="the dataset's config entry as JSON (or @file.json)")
-    fit.add_argument("--manifest", required=True, help="results/{ds}/manifest.csv")
+    add_job_arguments(fit, "the weights file")
     fit.add_argument("--phase", required=True, choices=PHASES)
     fit.add_argument("--shard", help="shard id (phase basic), e.g. train-00000")
     fit.add_argument("--plan", help="plan.json of the phase (extended / until_threshold)")
     fit.add_argument("--job", help="job id in the plan, e.g. job-0000")
-    fit.add_argument("--workdir", required=True, help="resume state of this job (batch files, checkpoints)")
     fit.add_argument("--out-weights", required=True, help="weights file to write at the end (.h5)")
     fit.add_argument("--out-report", required=True, help="PSNR report CSV to write at the end")
-    fit.add_argument("--runtime-minutes", type=float, default=None,
-                     help="job time limit; the job saves and exits 75 shortly before it")
     fit.set_defaults(func=cmd_fit)
 
     plan = subparsers.add_parser("plan-refinement", help="pack the items below the gate into refinement jobs")

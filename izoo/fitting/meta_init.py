@@ -2,7 +2,7 @@
 
 Algorithm: Reptile (Nichol et al., 2018) over the batched engine. Each outer step draws a meta-batch of
 ``meta_batch`` items from the subset, fits all of them for ``inner_steps`` Adam steps from the current init
-with ``izoo.fitting.engine.fit_images`` (fresh Adam moments and the dataset's ``fit.lr``, as the fit jobs
+with ``izoo.siren.engine.fit_images`` (fresh Adam moments and the dataset's ``fit.lr``, as the fit jobs
 start), and moves the init towards the mean of the fitted weights:
 ``θ ← θ + ε_t (mean_i φ_i − θ)`` with ``ε_t`` decaying linearly from ``outer_lr`` to 0.
 
@@ -37,26 +37,16 @@ import pandas as pd
 import torch
 
 from izoo.atomic import atomic_path
-from izoo.config import DatasetConfig, FitConfig, dataset_config
+from izoo.config import DatasetConfig, FitConfig, dataset_config, filled_section
 from izoo.errors import IzooError
-from izoo.fitting import engine, learned_init
-from izoo.fitting.families import SirenFamily, default_device
+from izoo.fitting import learned_init
+from izoo.fitting.device import default_device
 from izoo.fitting.phases import PhaseSettings, as_fit_config
 from izoo.fitting.progress import emit
-from izoo.models import siren
-
-#: defaults of a dataset's ``meta_init:`` section (workflow/schemas/config.schema.yaml documents the same)
-DEFAULT_META_INIT: dict[str, Any] = {
-    "split": "train",
-    "items": 256,
-    "outer_steps": 200,
-    "inner_steps": 8,
-    "meta_batch": 16,
-    "outer_lr": 1.0,
-    "seed": 0,
-    "checkpoint_every": 50,
-}
-
+from izoo.fitting.stream import FitInterrupted, is_out_of_memory
+from izoo.siren import engine
+from izoo.siren import model as siren
+from izoo.siren.family import SirenFamily
 
 @dataclass(frozen=True)
 class MetaInitSettings:
@@ -73,26 +63,12 @@ class MetaInitSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> "MetaInitSettings":
-        """The dataset's ``meta_init:`` section with defaults filled in (a bad value is a one-line error)."""
-        merged = {**DEFAULT_META_INIT, **(section or {})}
-        unknown = sorted(set(merged) - set(DEFAULT_META_INIT))
-        if unknown:
-            raise IzooError(f"unknown meta_init settings {unknown}", "config.yaml",
-                            f"use only {sorted(DEFAULT_META_INIT)}")
-        for key in ("items", "outer_steps", "inner_steps", "meta_batch", "checkpoint_every"):
-            if not isinstance(merged[key], int) or merged[key] < 1:
-                raise IzooError(f"meta_init.{key} must be a whole number >= 1 (got {merged[key]!r})", "config.yaml",
-                                f"set meta_init.{key} to e.g. {DEFAULT_META_INIT[key]}")
-        if not float(merged["outer_lr"]) > 0:
-            raise IzooError(f"meta_init.outer_lr must be > 0 (got {merged['outer_lr']!r})", "config.yaml",
-                            "set meta_init.outer_lr to e.g. 1.0")
+        """The dataset's ``meta_init:`` section with the schema's defaults filled (a bad value is a one-line error)."""
+        merged = filled_section("meta_init", section)
         if str(merged["split"]) in learned_init.HELD_OUT_SPLITS:
             raise IzooError(f"meta_init.split is {merged['split']!r}, a held-out split", "config.yaml",
                             "meta-learn from the train split (held-out items must stay unseen)")
-        return cls(split=str(merged["split"]), items=int(merged["items"]), outer_steps=int(merged["outer_steps"]),
-                   inner_steps=int(merged["inner_steps"]), meta_batch=int(merged["meta_batch"]),
-                   outer_lr=float(merged["outer_lr"]), seed=int(merged["seed"]),
-                   checkpoint_every=int(merged["checkpoint_every"]))
+        return cls(**{**merged, "outer_lr": float(merged["outer_lr"])})
 
     def inner_phase(self, fit_cfg: FitConfig | Mapping[str, Any]) -> PhaseSettings:
         """The inner loop: ``inner_steps`` Adam steps at the fit's starting learning rate, no early stop."""
@@ -147,7 +123,7 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
             progress_every: float = 30.0) -> MetaResult:
     """Reptile over ``images`` ``[M, 3, H, W]`` in [0, 1] from the SIREN init of ``base_seed``; resumable via ``state_path``.
 
-    A stop request saves the state and raises ``engine.FitInterrupted``.
+    A stop request saves the state and raises ``FitInterrupted``.
     """
     names = family.param_names()
     theta = [p[0].clone() for p in siren.init_params(family.spec, [base_seed])]
@@ -169,7 +145,7 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
     while step < settings.outer_steps:
         if should_stop is not None and should_stop():
             save()
-            raise engine.FitInterrupted(f"stop requested at outer step {step}")
+            raise FitInterrupted(f"stop requested at outer step {step}")
         tick = time.perf_counter()
         rows = torch.as_tensor(meta_batch_rows(len(images), settings, step))
         batch = images[rows]
@@ -178,7 +154,7 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
                                     init=[p.unsqueeze(0).expand(len(rows), *p.shape).contiguous() for p in theta],
                                     device=device, use_compile=use_compile)
         except Exception as exc:
-            if not engine.is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             raise IzooError(f"a meta-batch of {len(rows)} items does not fit in {device} memory", "config.yaml",
                             "lower meta_init.meta_batch") from None
@@ -283,13 +259,10 @@ def cmd_meta_init(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``meta-init`` to the ``izoo`` command line."""
+    from izoo.fitting.commands import add_job_arguments
+
     p = subparsers.add_parser("meta-init", help="meta-learn one shared SIREN init from a train subset (resumable)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="dataset name (recorded in the init file, checked by izoo fit)")
-    p.add_argument("--dataset-config", required=True, help="the dataset's config entry as JSON (or @file.json)")
-    p.add_argument("--manifest", required=True, help="results/{ds}/manifest.csv")
-    p.add_argument("--workdir", required=True, help="resume state (state.pt)")
+    add_job_arguments(p, "the init file, checked by izoo fit")
     p.add_argument("--out", required=True, help="init file to write at the end (.h5)")
-    p.add_argument("--runtime-minutes", type=float, default=None,
-                   help="job time limit; the job saves and exits 75 shortly before it")
     p.set_defaults(func=cmd_meta_init)

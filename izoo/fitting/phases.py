@@ -25,11 +25,6 @@ from izoo.config import FitConfig
 from izoo.errors import IzooError
 
 
-def fit_config(fit_cfg: FitConfig | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``fit:`` section as a plain dict with the schema's defaults filled (for code that reads it by key)."""
-    return as_fit_config(fit_cfg).to_dict()
-
-
 def as_fit_config(fit_cfg: FitConfig | Mapping[str, Any] | None) -> FitConfig:
     """The parsed ``fit:`` section (a given ``FitConfig`` as is; a dict parsed, the schema's defaults filled)."""
     return fit_cfg if isinstance(fit_cfg, FitConfig) else FitConfig.parse(fit_cfg)

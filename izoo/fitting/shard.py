@@ -35,15 +35,17 @@ import torch
 
 from izoo.archive import layout
 from izoo.config import DatasetConfig, dataset_config
+from izoo.datasets import manifest
 from izoo.errors import IzooError
-from izoo.fitting import engine, learned_init, psnr_report
-from izoo.fitting.families import BatchCheckpoint, BatchFit, default_device, finite_params, get_family
+from izoo.fitting import learned_init, psnr_report
+from izoo.fitting.batch import BatchCheckpoint, finite_params, item_seeds
+from izoo.fitting.device import default_device
+from izoo.fitting.families import get_family
 from izoo.fitting.phases import phase_settings
 from izoo.fitting.progress import ProgressMeter, emit
-from izoo.models import siren
+from izoo.fitting.stream import FitInterrupted, FitResult
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the job saved its progress and should be resubmitted
-MANIFEST_COLUMNS = ["index", "split", "item_id", "label", "source_id", "shard"]
 PHASE_REPORT = "phase_report."   # prefix of the per-group report extras (work dir only)
 JOB_CHECKPOINT = "job.ckpt"      # the in-flight state of a job (slots, queue, groups written)
 
@@ -194,11 +196,11 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
     """Fit ``items`` (manifest rows; refinement phases also need an ``init`` column naming each item's weights
     file) as one stream through ``fit.batch_size`` slots, reusing finished groups from ``workdir``.
 
-    A stop request (signal, deadline) saves the in-flight state and raises ``engine.FitInterrupted``.
+    A stop request (signal, deadline) saves the in-flight state and raises ``FitInterrupted``.
     """
     if phase not in layout.PHASES:
         raise IzooError(f"unknown phase {phase!r}", None, f"use one of {', '.join(layout.PHASES)}")
-    missing = [c for c in MANIFEST_COLUMNS if c not in items.columns]
+    missing = [c for c in manifest.COLUMNS if c not in items.columns]
     if missing:
         raise IzooError(f"item table lacks manifest columns {missing}", None, "pass rows of results/{ds}/manifest.csv")
     if phase != "basic" and "init" not in items.columns:
@@ -236,9 +238,9 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         if ckpt.load() is not None:
             emit(f"{len(items) - done} items in flight or not started")
         if should_stop():
-            raise engine.FitInterrupted("stop requested before fitting")
+            raise FitInterrupted("stop requested before fitting")
         samples = [load_sample(row) for row in items.to_dict("records")]
-        seeds = siren.item_seeds(seed_mode, seed_base, items["index"].tolist())
+        seeds = item_seeds(seed_mode, seed_base, items["index"].tolist())
         prev_iters = np.zeros(len(items), dtype=np.int64)
         prev_secs = np.zeros(len(items), dtype=np.float64)
         init = None
@@ -247,7 +249,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, items, recipe)
         attrs["work_fingerprint"] = fp
 
-        def write_group(part: BatchFit) -> None:
+        def write_group(part: FitResult) -> None:
             k = int(ckpt.meta.get("groups", 0))
             pos = part.positions
             rows = items.iloc[pos].reset_index(drop=True)
@@ -274,7 +276,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
                 emit(line)
                 meter.add(part.psnr.tolist(), int(part.passed.sum()), fitted=True)
 
-        unannounced: list[tuple[str, BatchFit]] = []
+        unannounced: list[tuple[str, FitResult]] = []
         ckpt.after_save = announce
 
         ckpt.meta.setdefault("groups", len(groups))
@@ -282,7 +284,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         try:
             family.fit_batch(samples, init, seeds, settings, device, ckpt, meter.step, slots=batch_size,
                              on_group=write_group)
-        except engine.FitInterrupted:
+        except FitInterrupted:
             emit(f"job interrupted ({stop.reason if stop else 'stop requested'}); "
                  f"{ckpt.meta.get('groups', 0)} finished group(s) kept, in-job checkpoint saved to {ckpt.path}")
             raise
