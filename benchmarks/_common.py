@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from izoo.fitting import engine
 from izoo.fitting.phases import phase_settings
-from izoo.models import siren
+from izoo.siren import engine
+from izoo.siren import model as siren
 
 
 def sync(device: torch.device) -> None:

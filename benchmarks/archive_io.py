@@ -26,7 +26,7 @@ import izoo.archive
 from izoo.archive import layout
 from izoo.archive.merge import merge_split
 from izoo.archive.verify import verify_archive
-from izoo.models import siren
+from izoo.siren import model as siren
 
 
 def write_shards(root: Path, spec: siren.SirenSpec, n_items: int, shard_size: int, refined_share: float,

@@ -2,7 +2,7 @@
 
 Fits the same real photographs (32×32 patches cut from scikit-image's bundled sample images, no downloads)
 (a) one at a time, as the paper's released code does (``nn.Module`` SIREN, ``torch.optim.Adam``,
-``CosineAnnealingLR``), and (b) all at once with ``izoo.fitting.engine`` (eager, and with the torch.compile
+``CosineAnnealingLR``), and (b) all at once with ``izoo.siren.engine`` (eager, and with the torch.compile
 training step), for the full basic budget; prints images/s, the ratio, mean/min PSNR, and achieved GFLOP/s against a
 large fp32 matmul measured in the same run. Not a test: numbers depend on the machine and its load.
 
@@ -24,9 +24,9 @@ import torch
 
 from _common import fit_one_at_a_time, matmul_gflops, sync, train_flops_per_pixel, warm_up_engine
 from izoo.devices import resolve_device
-from izoo.fitting import engine
+from izoo.siren import engine
 from izoo.fitting.phases import phase_settings
-from izoo.models import siren
+from izoo.siren import model as siren
 
 SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
 

@@ -43,10 +43,10 @@ import yaml
 from _common import print_markdown_table, warm_up_engine
 from izoo.datasets import open_source
 from izoo.datasets.demo import make_cifar10
-from izoo.fitting import engine
+from izoo.siren import engine
 from izoo.fitting.phases import phase_settings
 from izoo.fitting.recipes import RECIPES
-from izoo.models import siren
+from izoo.siren import model as siren
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = siren.SirenSpec(depth=3, width=64, w0=30.0)

@@ -41,11 +41,12 @@ import torch
 from _common import fit_one_at_a_time, matmul_gflops, sync, train_flops_per_pixel
 from izoo.datasets.demo import cifar_like_images
 from izoo.devices import resolve_device
-from izoo.fitting import engine
-from izoo.fitting.families import SirenFamily
+from izoo.fitting.stream import FitResult
+from izoo.siren import engine
+from izoo.siren.family import SirenFamily
 from izoo.fitting.phases import phase_settings
 from izoo.fitting.recipes import RECIPES
-from izoo.models import siren
+from izoo.siren import model as siren
 
 CIFAR = siren.SirenSpec(depth=3, width=64, w0=30.0)
 
@@ -92,7 +93,7 @@ class Suite:
         return self._images[:unique].repeat(reps, 1, 1, 1)[:n].contiguous()
 
     def timed_fit(self, images: torch.Tensor, spec: siren.SirenSpec, settings: Any, use_compile: bool,
-                  **kwargs: Any) -> tuple[engine.FitResult, float]:
+                  **kwargs: Any) -> tuple[FitResult, float]:
         """``engine.fit_images`` after a 2-step warm-up of the same spec (compiles it), and its seconds."""
         engine.fit_images(images[:4], spec, phase_settings({"iterations": 2}, "basic"), seeds=[42] * 4,
                           device=self.device, use_compile=use_compile)

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from izoo.fitting import engine
-from izoo.fitting.families import SirenFamily
+from izoo.siren import engine
+from izoo.siren.family import SirenFamily
 from izoo.fitting.meta_init import MetaInitSettings, reptile
 from izoo.fitting.phases import phase_settings
-from izoo.models import siren
+from izoo.siren import model as siren
 
 #: meta-training photos and held-out photos: disjoint sources, so held-out items are unseen scenes
 META_PHOTOS = ("astronaut", "coffee", "rocket", "retina", "immunohistochemistry", "camera", "moon", "gravel")

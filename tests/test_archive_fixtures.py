@@ -16,7 +16,7 @@ import torch
 
 from izoo.archive import layout
 from izoo.metrics import psnr
-from izoo.models import siren
+from izoo.siren import model as siren
 
 SPEC = siren.SirenSpec(depth=3, width=16, w0=30.0)
 SIZE = 8

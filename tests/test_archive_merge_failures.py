@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from izoo.archive import layout
+from izoo.archive.checks import check_structure
 from izoo.archive.merge import merge_split
-from izoo.archive.verify import check_structure
+from izoo.datasets.manifest import load_manifest
 from izoo.errors import IzooError
 from test_archive_fixtures import build_toy, merge_args
 
@@ -49,7 +50,7 @@ def test_killed_merge_leaves_no_final_file_and_rerun_completes(toy, tmp_path):
 
     result = merge_split(**merge_args(toy, "train", out))
     assert result.n_items == 6 and out.exists()
-    assert check_structure(out, toy.manifest) == []
+    assert check_structure(out, load_manifest(toy.manifest)) == []
     assert list(out.parent.glob(".train.h5.tmp-*")) == []  # the killed run's temporary was cleaned up
 
 

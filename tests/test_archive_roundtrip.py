@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +27,22 @@ def train_archive(toy):
     result = merge_split(**merge_args(toy, "train", toy.root / "archive" / "train.h5"))
     assert result.n_items == 6
     return result.path
+
+
+
+def test_reader_renders_with_only_izoo_archive_imported(toy, train_archive):
+    """The archive layer imports no family: the siren view is imported by name on first use, and neither the
+    fitting machinery nor the NeRF family comes along."""
+    script = ("import sys, izoo.archive\n"
+              f"arch = izoo.archive.open({str(train_archive)!r})\n"
+              f"image = arch.render([0], {SIZE}, {SIZE})\n"
+              "assert tuple(image.shape) == (1, 3, %d, %d), image.shape\n" % (SIZE, SIZE) +
+              "print(sorted(m for m in sys.modules if m.startswith(('izoo.fitting', 'izoo.nerf', 'izoo.siren'))))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['izoo.siren', 'izoo.siren.archive', 'izoo.siren.model']"
 
 
 def test_round_trip_render_gives_stored_psnr(toy, train_archive):
@@ -158,7 +177,7 @@ def test_multi_block_merge_matches_a_plain_assembly(tmp_path, monkeypatch):
     """1,100 items in two shards, merged in 512-item blocks (edge chunk included), refined rows scattered."""
     from izoo.archive import layout, merge
     from izoo.archive.merge import merge_split
-    from izoo.models import siren
+    from izoo.siren import model as siren
     import pandas as pd
 
     n, spec = 1100, siren.SirenSpec(depth=2, width=4)

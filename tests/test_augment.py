@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from izoo.benchmarks.classification import augment as A
-from izoo.models import siren
+from izoo.siren import model as siren
 
 SPEC = siren.SirenSpec(depth=3, width=32)
 

@@ -21,7 +21,7 @@ from izoo.benchmarks.classification.train import (classification_metrics, majori
 from izoo.benchmarks.results import read_results, write_result
 from izoo.cli import main as izoo_main
 from izoo.errors import IzooError
-from izoo.models import siren
+from izoo.siren import model as siren
 
 SPEC = siren.SirenSpec(depth=3, width=16)
 CLASSES = 4

@@ -18,7 +18,7 @@ from izoo.benchmarks.segmentation.model import InrSegmenter, SegFormerHead, buil
 from izoo.benchmarks.segmentation.settings import SegSettings
 from izoo.benchmarks.segmentation.train import majority_reference, train_segmentation
 from izoo.benchmarks.segmentation.transforms import hflip_params, zoom_crop
-from izoo.models import siren
+from izoo.siren import model as siren
 
 TINY_ENCODER = {"depths": [1, 1, 1, 1], "embed_dims": [8, 16, 16, 16], "num_heads": [1, 1, 1, 1],
                 "mlp_ratios": [2, 2, 2, 2]}

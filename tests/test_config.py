@@ -105,9 +105,71 @@ def test_izoo_fit_never_imports_jsonschema(tmp_path):
 
 def test_plain_check_accepts_every_shipped_dataset_entry(monkeypatch):
     """Without jsonschema, the entries the workflow passes to izoo fit (defaults filled, NeRF keys too) pass."""
-    from izoo.config import check_dataset_entry
+    from izoo.config import DatasetConfig
 
     filled = validate_config(_demo_config())
     monkeypatch.setitem(sys.modules, "jsonschema", None)
     for name, entry in filled["datasets"].items():
-        check_dataset_entry(entry, f"datasets.{name}")
+        assert DatasetConfig.parse(entry, f"datasets.{name}").to_dict() == entry, name
+
+
+@pytest.mark.parametrize("where, typo", [
+    ((), {"result": "out"}), (("demo_data",), {"n_per_clas": 5}),
+    (("datasets", "demo_cifar10"), {"shard_sise": 4}),
+    (("datasets", "demo_cifar10", "meta_init"), {"outer_step": 3}),
+])
+def test_typos_at_every_other_depth_are_rejected(where, typo):
+    cfg = _demo_config()
+    section = cfg
+    for key in where:
+        section = section.setdefault(key, {})
+    section.update(typo)
+    with pytest.raises(IzooError) as err:
+        validate_config(cfg, source="my.yaml")
+    msg = str(err.value)
+    assert f"unknown key {next(iter(typo))!r}" in msg and ".".join(where) in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("task, tokenizer", [("segmentation", "s"), ("pose", "lp_rand")])
+def test_a_tokenizer_the_task_lacks_is_rejected_at_config_time(task, tokenizer):
+    cfg = _demo_config()
+    name = next(n for n, b in cfg["benchmarks"].items() if b["task"] == task)
+    cfg["benchmarks"][name]["tokenizers"] = ["uniform", tokenizer]
+    with pytest.raises(IzooError, match=rf"benchmarks\.{name}\.tokenizers\.1: '{tokenizer}' is not one of"):
+        validate_config(cfg, source="my.yaml")
+
+
+def test_the_tokenizer_registry_implements_exactly_the_schema_names():
+    """The schema's name lists are the one definition; the code that builds tokenizers covers exactly them."""
+    from izoo.benchmarks.tokenizers import DISPLAY_NAMES, TOKENIZERS
+    from izoo.config import schema_names
+
+    assert set(TOKENIZERS) == set(DISPLAY_NAMES) == set(schema_names("tokenizer"))
+    for task_list in ("segmentation_tokenizer", "pose_tokenizer"):
+        assert set(schema_names(task_list)) <= set(schema_names("tokenizer")), task_list
+    with pytest.raises(IzooError, match="no name list 'benchmark'"):
+        schema_names("benchmark")
+
+
+@pytest.mark.parametrize("change, defines_inr", [
+    ({"fit": {"tf32": False}}, True), ({"fit": {"lr": 5e-4}}, True), ({"fit": {"extended": {"patience": 7}}}, True),
+    ({"seed": {"value": 7}}, True), ({"model": {"width": 16}}, True), ({"source": {"max_items": 3}}, True),
+    ({"fit": {"batch_size": 3}}, False), ({"fit": {"device": "cpu"}}, False), ({"fit": {"compile": "off"}}, False),
+    ({"shard_size": 3}, False), ({"refine_job_size": 3}, False), ({"archive": {"virtual": True}}, False),
+])
+def test_fit_params_and_fingerprint_agree_on_what_defines_an_inr(change, defines_inr):
+    """The workflow reruns a fit job when its params (fit_job_settings) change; a resumed job reuses its groups
+    while the fingerprint holds. Both come from DatasetConfig.inr_settings, so every setting that changes the
+    fingerprint changes the params, and speed-only settings change the params but not the fingerprint."""
+    import pandas as pd
+
+    from izoo.config import DatasetConfig
+    from izoo.fitting.shard import fingerprint
+
+    base = validate_config(_demo_config())["datasets"]["demo_cifar10"]
+    changed = deep_merge(base, change)
+    items = pd.DataFrame({"index": [0, 1]})
+    fingerprint_changed = fingerprint(base, "basic", items) != fingerprint(changed, "basic", items)
+    params_changed = DatasetConfig.parse(base).fit_job_settings() != DatasetConfig.parse(changed).fit_job_settings()
+    assert fingerprint_changed == defines_inr
+    assert params_changed == (defines_inr or "fit" in change)   # the job still reads the speed-only fit keys

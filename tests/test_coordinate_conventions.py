@@ -15,7 +15,7 @@ from izoo.archive.verify import verify_archive
 from izoo.benchmarks.segmentation.transforms import zoom_crop
 from izoo.benchmarks.tokenizers import CoordinateTokenizer
 from izoo.errors import IzooError
-from izoo.models import siren
+from izoo.siren import model as siren
 from test_interop_export import SPEC, izoo_archive
 
 

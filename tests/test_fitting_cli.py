@@ -159,7 +159,8 @@ def test_sigusr1_and_deadline_request_a_stop():
 def test_plan_refinement_without_reports_writes_an_empty_plan(tmp_path):
     """When no item failed the phase before, the workflow passes no report: the plan must still be written."""
     out = tmp_path / "plan.json"
-    rc = main(["plan-refinement", "--dataset", "d", "--dataset-config", '{"refine_job_size": 4}',
+    rc = main(["plan-refinement", "--dataset", "d", "--dataset-config",
+               '{"source": {"format": "folder", "root": "src"}, "model": {"family": "siren"}, "refine_job_size": 4}',
                "--phase", "until_threshold", "--reports", "--out", str(out)])
     assert rc == 0
     plan = json.loads(out.read_text())

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from izoo.fitting import engine
-from izoo.fitting.engine import FitInterrupted, fit_all_phases, fit_images
-from izoo.fitting.families import BatchCheckpoint, SirenFamily
+from izoo.archive import layout
+from izoo.fitting import refine
+from izoo.fitting.batch import BatchCheckpoint
+from izoo.fitting.shard import fit_shard
+from izoo.fitting.stream import FitInterrupted
+from izoo.siren import engine
+from izoo.siren.engine import fit_images
+from izoo.siren.family import SirenFamily
 from izoo.fitting.phases import phase_settings
 from izoo.errors import IzooError
-from izoo.models import siren
+from izoo.siren import model as siren
 
 
 
@@ -91,12 +98,38 @@ def test_refinement_phases_only_touch_failing_items():
     assert (ext.psnr[2:] >= ext.psnr_before[2:]).all()
     np.testing.assert_allclose(ext.psnr_before, basic.psnr, rtol=1e-5)
 
-    phased = fit_all_phases(images, spec, cfg, seeds=[42] * 4, use_compile="off")
-    assert list(phased.phase[:2]) == ["basic", "basic"] and list(phased.phase[2:]) == ["until_threshold"] * 2
-    assert (phased.iterations[:2] == 60).all()
-    assert (phased.iterations[2:] > 60).all() and (phased.iterations[2:] <= 60 + 120 + 30).all()
-    assert not phased.passed[2:].any()  # random noise never reaches 35 dB: reported as failing, not dropped
-    assert len(phased.psnr) == 4
+
+
+def test_three_phases_through_the_shard_driver_refine_only_failing_items(tmp_path):
+    """basic on every item, extended on the items below the gate, until_threshold on those still below it: the
+    real driver (``fit_shard`` per phase, refinement plans from the reports)."""
+    images = _easy_and_hard()
+    n = len(images)
+    manifest = pd.DataFrame({"index": range(n), "split": ["train"] * n, "item_id": [f"img{i}" for i in range(n)],
+                             "label": [0] * n, "source_id": [f"f{i}.png" for i in range(n)],
+                             "shard": ["train-00000"] * n})
+    load = lambda row: types.SimpleNamespace(item_id=row["item_id"], label=0, image=images[int(row["index"])],  # noqa: E731
+                                             label_map=None)
+    cfg = {"model": {"family": "siren", "depth": 3, "width": 16, "w0": 30, "init": "siren"},
+           "seed": {"mode": "shared", "value": 42},
+           "fit": {"iterations": 60, "check_every": 10, "gate_psnr": 35.0, "lr": 1e-2, "lr_min": 1e-4,
+                   "device": "cpu", "compile": "off", "extended": {"factor": 2, "patience": 20, "min_delta": 0.05},
+                   "until_threshold": {"cap_iterations": 30}}}
+    out = fit_shard(manifest, load, cfg, tmp_path / "w-basic", "basic")
+    out.write(tmp_path / "basic.h5", tmp_path / "basic.csv")
+    report = tmp_path / "basic.csv"
+    for phase in ("extended", "until_threshold"):
+        plan = refine.plan_refinement([report], phase, job_size=16)
+        assert plan["n_failing"] == 2      # the two noise images; the flat ones passed in basic
+        out = fit_shard(refine.job_items(plan, "job-0000", manifest), load, cfg, tmp_path / f"w-{phase}", phase)
+        out.write(tmp_path / f"{phase}.h5", tmp_path / f"{phase}.csv")
+        report = tmp_path / f"{phase}.csv"
+    basic = layout.read_inr_file(tmp_path / "basic.h5").items
+    assert basic["passed"].tolist() == [True, True, False, False] and (basic["iterations"] == 60).all()
+    final = layout.read_inr_file(tmp_path / "until_threshold.h5").items
+    assert final["index"].tolist() == [2, 3] and (final["phase"] == "until_threshold").all()
+    assert ((final["iterations"] > 60) & (final["iterations"] <= 60 + 120 + 30)).all()
+    assert not final["passed"].any()   # random noise never reaches 35 dB: reported as failing, not dropped
 
 
 def test_stopped_items_leave_the_batch():

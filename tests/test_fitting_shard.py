@@ -13,15 +13,17 @@ import torch
 
 from izoo.archive import layout
 from izoo.fitting import refine
-from izoo.fitting.engine import FitInterrupted
-from izoo.fitting.shard import REPORT_COLUMNS, fit_shard
+from izoo.fitting import psnr_report
+from izoo.fitting.shard import fit_shard
+from izoo.fitting.stream import FitInterrupted
 
 N_ITEMS = 5
 
 
 
 def _dataset_cfg(**fit):
-    return {"model": {"family": "siren", "depth": 3, "width": 8, "w0": 30, "init": "siren"},
+    return {"source": {"format": "folder", "root": "items-come-from-the-loader"},
+            "model": {"family": "siren", "depth": 3, "width": 8, "w0": 30, "init": "siren"},
             "seed": {"mode": "per_item", "value": 7},
             "fit": {"batch_size": 2, "iterations": 20, "check_every": 5, "checkpoint_every": 10, "lr": 1e-2,
                     "lr_min": 1e-4, "gate_psnr": 25.0, "device": "cpu", "compile": "off",
@@ -80,7 +82,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, capsys):
         assert np.array_equal(value, resumed.params[name]), name
     pd.testing.assert_frame_equal(whole.items.drop(columns="seconds"), resumed.items.drop(columns="seconds"))
     assert whole.items["index"].tolist() == list(range(N_ITEMS))
-    assert list(whole.report.columns) == REPORT_COLUMNS
+    assert list(whole.report.columns) == psnr_report.COLUMNS
     assert whole.attrs["phase"] == "basic" and whole.attrs["seed_mode"] == "per_item"
     assert whole.attrs["gate_psnr"] == 25.0 and "de-normalised" in whole.attrs["normalisation"]["psnr"]
 

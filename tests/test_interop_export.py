@@ -17,7 +17,7 @@ from izoo.archive import layout
 from izoo.cli import main
 from izoo.interop.export import export_archive
 from izoo.interop.implicit_zoo import import_implicit_zoo
-from izoo.models import siren
+from izoo.siren import model as siren
 from released_layout import ReleasedINR, write_run
 
 SPEC = siren.SirenSpec(depth=4, width=12, w0=30.0)

@@ -18,7 +18,7 @@ from izoo.archive.verify import verify_archive
 from izoo.cli import main
 from izoo.errors import IzooError
 from izoo.interop.implicit_zoo import import_implicit_zoo
-from izoo.models import siren
+from izoo.siren import model as siren
 from released_layout import make_coordinates, released_image, to_pixels, write_cifar, write_run
 
 TRAIN_LABELS = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4]

@@ -17,7 +17,8 @@ from izoo.archive.merge import merge_split
 from izoo.cli import main
 from izoo.config import load_config
 from izoo.errors import IzooError
-from izoo.fitting import engine, learned_init, meta_init
+from izoo.fitting import learned_init, meta_init
+from izoo.fitting.stream import FitInterrupted
 from izoo.fitting.commands import sample_loader
 from izoo.fitting.shard import fingerprint
 
@@ -73,7 +74,7 @@ def test_meta_init_is_deterministic_resumable_and_uses_only_train_items(tmp_path
     calls = iter([False, False, True])
     loader = sample_loader(cfg)
     table = pd.read_csv(manifest)
-    with pytest.raises(engine.FitInterrupted):
+    with pytest.raises(FitInterrupted):
         meta_init.run_meta_init("demo", cfg, table, tmp_path / "work2", tmp_path / "init2.h5", load_sample=loader,
                                 should_stop=lambda: next(calls))
     assert (tmp_path / "work2" / "state.pt").exists() and not (tmp_path / "init2.h5").exists()
@@ -124,7 +125,7 @@ def test_fit_starts_every_item_from_the_init_and_records_it(tmp_path, capsys):
     arch = izoo.archive.open(archive)
     assert arch.attrs["learned_init"]["sha256"] == init.sha256
     assert np.array_equal(arch.shared_init()[0].numpy(), init.params["layer0.weight"])
-    from izoo.archive.verify import check_structure
+    from izoo.archive.checks import check_structure
 
     arch.close()
     assert check_structure(archive, manifest=pd.read_csv(manifest)) == []
@@ -183,7 +184,7 @@ def test_config_refuses_meta_learning_from_a_held_out_split(tmp_path):
     over.write_text("datasets:\n  demo_scenes:\n    model: {family: nerf, init: learned}\n")
     with pytest.raises(IzooError, match="needs family siren"):
         load_config(REPO / "config.yaml", REPO / "config/demo.yaml", over)
-    with pytest.raises(IzooError, match="unknown meta_init settings"):
+    with pytest.raises(IzooError, match="unknown key 'steps' in meta_init"):
         meta_init.MetaInitSettings.from_config({"steps": 3})
 
 
@@ -216,7 +217,7 @@ def test_workflow_meta_learns_before_fitting_and_reruns_on_a_changed_init(tmp_pa
 
 @pytest.mark.parametrize("depth,width", [(3, 64), (4, 256), (5, 256)])   # the CIFAR, ImageNet, Cityscapes SIRENs
 def test_every_config_siren_size_meta_learns_and_loads(tmp_path, depth, width):
-    from izoo.fitting.families import SirenFamily
+    from izoo.siren.family import SirenFamily
 
     model = {"family": "siren", "depth": depth, "width": width, "w0": 30.0}
     family = SirenFamily(model, {"lr": 1e-3, "compile": "off"})

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import izoo.archive
 from izoo.archive import layout
 from izoo.cli import main as izoo_main
 from izoo.datasets.base import Sample
@@ -101,17 +102,21 @@ def test_demo_scenes_fit_archive_render_and_grid(demo_root, tmp_path) -> None:
         params = arc.params([1, 0])
         np.testing.assert_array_equal(params["rgb.weight"][0].numpy(), res.params["rgb.weight"][1])
         # the archived NeRF renders its held-out view as well as the fitted weights did
-        img = arc.render(1, cam["poses"][0])
+        img = arc.render_pose(1, cam["poses"][0])
         direct = render_image({k: torch.from_numpy(v[1]) for k, v in res.params.items()}, family.spec,
                               torch.as_tensor(scene.poses[6]), 16, 16, scene.focal, n_samples=16)
         torch.testing.assert_close(img, direct)
         # re-rendering the archived held-out cameras reproduces the PSNR the fit reported
-        views = torch.stack([arc.render(1, pose, n_samples=16) for pose in cam["poses"]])
+        views = torch.stack([arc.render_pose(1, pose, n_samples=16) for pose in cam["poses"]])
         mse = (views.clamp(0, 1) - scene.images[6:9]).pow(2).mean(dim=(1, 2, 3))
         assert float((-10 * torch.log10(mse)).mean()) == pytest.approx(float(res.psnr[1]), abs=1e-3)
-        assert arc.render(0, cam["poses"][0], 8, 8).shape == (8, 8, 3)
+        assert arc.render_pose(0, cam["poses"][0], 8, 8).shape == (8, 8, 3)
         grid = arc.grid(resolution=8)
         assert grid.shape == (2, 4, 8, 8, 8) and bool((grid[:, 3] >= 0).all())
+    # the plain reader renders NeRFs through the view the nerf family registered: first held-out camera
+    with izoo.archive.open(path) as plain:
+        assert plain.spec == family.spec and plain.param_names == family.spec.param_names()
+        torch.testing.assert_close(plain.render([1], 16, 16)[0], img.permute(2, 0, 1))
 
     png = tmp_path / "view.png"
     assert izoo_main(["render-nerf", "--archive", str(path), "--item", refs[0].item_id, "--size", "12",

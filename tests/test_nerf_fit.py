@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from izoo.datasets.base import Sample
-from izoo.fitting.engine import FitInterrupted
-from izoo.fitting.families import BatchCheckpoint, get_family
+from izoo.fitting.batch import BatchCheckpoint
+from izoo.fitting.families import get_family
+from izoo.fitting.stream import FitInterrupted
 from izoo.fitting.phases import phase_settings
 from izoo.nerf.fitting import NerfBatchFit, RenderSettings, SceneData, fit_scenes, lr_at
 from izoo.nerf.model import NerfSpec, init_params

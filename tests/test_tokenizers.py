@@ -7,7 +7,7 @@ import torch
 
 from izoo.benchmarks.tokenizers import (TOKENIZERS, CoordinateTokenizer, group_tokens, non_close_alpha,
                                         non_close_penalty, pixel_grid, token_ids)
-from izoo.models import siren
+from izoo.siren import model as siren
 
 SPEC = siren.SirenSpec(depth=3, width=16)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from izoo.archive.merge import merge_main
 from izoo.atomic import atomic_path
+from izoo.jsonargs import load_json_object
 
 
 def _verify_main(args: argparse.Namespace) -> int:
@@ -18,9 +19,9 @@ def _verify_main(args: argparse.Namespace) -> int:
 
     source_cfg = None
     if args.dataset_config:
-        from izoo.fitting.commands import parse_dataset_config  # the workflow's one convention for --dataset-config
-
-        source_cfg = parse_dataset_config(args.dataset_config).get("source")
+        # only the source: section is read, so the entry's fitting recipe is not resolved (that is izoo.fitting's)
+        source_cfg = load_json_object(args.dataset_config, "--dataset-config",
+                                      "one entry of config.yaml's datasets:").get("source")
     report = verify_archive(args.archive, manifest=args.manifest, sample=args.sample, tolerance=args.tolerance,
                             seed=args.seed, source_cfg=source_cfg, device=args.device)
     text = "\n".join(report.lines()) + "\n"

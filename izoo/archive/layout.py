@@ -38,6 +38,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -72,6 +73,7 @@ ITEM_COLUMNS: dict[str, Any] = {
     "seconds": np.float32,
     "passed": np.bool_,
 }
+#: the quality-control phases in training order (SPEC §2): the one list, used by fitting, plans, reports and checks
 PHASES = ("basic", "extended", "until_threshold")
 STR_DTYPE = h5py.string_dtype(encoding="utf-8")
 #: group holding the shared learned initialisation (init files, and shard files / archives fitted from one)
@@ -265,3 +267,30 @@ def read_inr_file(path: str | Path) -> InrFile:
         raise IzooError(f"INR file is corrupt or truncated ({type(exc).__name__}: {exc})", path,
                         "delete it and rerun the job that writes it") from exc
     return InrFile(params=params, items=items, attrs=attrs, extras=extras)
+
+
+def param_sort_key(name: str) -> tuple:
+    """Order parameter names layer by layer (``layer2`` before ``layer10``), weight before bias within a layer."""
+    prefix, _, leaf = name.rpartition(".")
+    natural = tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", prefix))
+    return natural, {"weight": 0, "bias": 1}.get(leaf, 2), leaf
+
+
+def read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (any order, unique) of ``ds``: one slice when they are dense, else one slice per run."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    lo, hi = int(sorted_rows[0]), int(sorted_rows[-1]) + 1
+    chunk_rows = ds.chunks[0] if ds.chunks else 1
+    if hi - lo <= 2 * len(rows) + chunk_rows:
+        data = ds[lo:hi][sorted_rows - lo]  # a slice decompresses each chunk once
+    else:
+        # h5py's fancy (list) selection is several times slower than plain slices, one per run of rows
+        breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+        data = np.concatenate([ds[int(run[0]):int(run[-1]) + 1] for run in np.split(sorted_rows, breaks)])
+    out = np.empty_like(data)
+    out[order] = data
+    return out

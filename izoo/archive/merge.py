@@ -32,8 +32,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from izoo.archive import layout
+import izoo.archive.layout as layout
+from izoo.archive.checks import check_structure, coordinate_convention_of
 from izoo.atomic import atomic_path, ensure_free_space, remove_stale_temps
+from izoo.datasets.manifest import load_manifest
 from izoo.errors import IzooError
 
 log = logging.getLogger(__name__)
@@ -72,22 +74,6 @@ class _SourceFile:
     item_id: np.ndarray
     params: dict[str, tuple[tuple[int, ...], np.dtype]]
     extras: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """The dataset manifest (``index, split, item_id, label, source_id, shard``) with ids kept as strings."""
-    path = Path(path)
-    if not path.exists():
-        raise IzooError("manifest is missing", path, "run `izoo manifest` (the workflow's manifest checkpoint) first")
-    try:
-        manifest = pd.read_csv(path, dtype={"item_id": str, "source_id": str, "split": str, "shard": str},
-                               keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise IzooError(f"manifest is unreadable ({exc})", path, "delete it and rerun `izoo manifest`") from exc
-    missing = [c for c in ("index", "split", "item_id", "label") if c not in manifest.columns]
-    if missing:
-        raise IzooError(f"manifest lacks columns {missing}", path, "rerun `izoo manifest` with this izoo version")
-    return manifest
 
 
 def _read_header(path: Path, kind: str) -> _SourceFile:
@@ -130,8 +116,6 @@ def _check_same_model(ref: _SourceFile, other: _SourceFile) -> None:
             raise IzooError(f"{key} differs from {ref.path.name} ({other.attrs.get(key)!r} vs {ref.attrs.get(key)!r})",
                             other.path, fix)
     if ref.attrs.get("model_family", "siren") == "siren":
-        from izoo.archive.reader import coordinate_convention_of  # reader imports this module
-
         # named, so shards fitted before the names were introduced still merge with newer ones
         ours, theirs = coordinate_convention_of(ref.attrs, ref.path), coordinate_convention_of(other.attrs, other.path)
         if ours != theirs:
@@ -174,26 +158,6 @@ class _OpenFiles:
         """Close every handle."""
         while self.handles:
             self.handles.popitem()[1].close()
-
-
-def read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (any order, unique) of ``ds``: one slice when they are dense, else one slice per run."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
-    lo, hi = int(sorted_rows[0]), int(sorted_rows[-1]) + 1
-    chunk_rows = ds.chunks[0] if ds.chunks else 1
-    if hi - lo <= 2 * len(rows) + chunk_rows:
-        data = ds[lo:hi][sorted_rows - lo]  # a slice decompresses each chunk once
-    else:
-        # h5py's fancy (list) selection is several times slower than plain slices, one per run of rows
-        breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
-        data = np.concatenate([ds[int(run[0]):int(run[-1]) + 1] for run in np.split(sorted_rows, breaks)])
-    out = np.empty_like(data)
-    out[order] = data
-    return out
 
 
 def _decode_str(values: np.ndarray) -> np.ndarray:
@@ -254,7 +218,7 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
     t0 = time.perf_counter()
     out = Path(out)
     manifest_path = manifest if not isinstance(manifest, pd.DataFrame) else "manifest"
-    table = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+    table = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
     wanted = table[table["split"].astype(str) == split].reset_index(drop=True)
     if wanted.empty:
         raise IzooError(f"split {split!r} has no items in the manifest (splits: {sorted(table['split'].unique())})",
@@ -345,8 +309,6 @@ def merge_split(manifest: str | Path | pd.DataFrame, split: str, shards: Sequenc
                     attrs["virtual_sources"] = mapped
                 h5.attrs.update(layout.encode_attrs(attrs))
             files.close()
-            from izoo.archive.verify import check_structure  # verify imports merge's helpers
-
             # a copied archive had its weights checked for NaN/Inf block by block while copying
             problems = check_structure(tmp, manifest=table, scan_weights=virtual)
             if problems:
@@ -413,7 +375,7 @@ def _copy_block(h5: h5py.File, files: _OpenFiles, block_file: np.ndarray, block_
         for key in [f"params/{p}" for p in param_names] + [f"extras/{e}" for e in extra_names] + \
                    [f"items/{c}" for c in layout.ITEM_COLUMNS]:
             ds = src[key]
-            data = read_rows(ds, rows)
+            data = layout.read_rows(ds, rows)
             if key not in buffers:
                 dtype = object if h5[key].dtype.kind == "O" else h5[key].dtype
                 buffers[key] = np.empty((m, *ds.shape[1:]), dtype=dtype)
@@ -482,4 +444,4 @@ def merge_main(args: Any) -> int:
     return 0
 
 
-__all__ = ["MergeResult", "merge_split", "read_manifest", "read_rows", "merge_main"]
+__all__ = ["MergeResult", "merge_split", "merge_main"]

@@ -9,7 +9,7 @@ API (``izoo.archive.open`` is ``open_archive``)::
     arch.items                            # pandas table of every per-item column
     arch[i]                               # {"params": [Tensor w0, b0, ...] (no batch dim), "label", "index", "psnr"}
                                           #  + one entry per extra ("label_map" [H, W] uint8, ...)
-    arch.params_batch([3, 4, 9])          # [w0 [B,out,in], b0 [B,out], ...] on arch.device: izoo.models.siren.forward-ready
+    arch.params_batch([3, 4, 9])          # [w0 [B,out,in], b0 [B,out], ...] on arch.device: izoo.siren.model.forward-ready
     arch.extras("label_map", rows)        # numpy [B, ...]; arch.label_maps(rows) is the segmentation shortcut
     arch.shared_init()                    # model.init: learned only: [w0, b0, ...] the items started from (else None)
     for batch in arch.loader(batch_size=512, shuffle=True, seed=0):   # dict of batched tensors, as arch[i] batched
@@ -27,18 +27,17 @@ The file is (re)opened lazily per process, so the Dataset works with multi-worke
 ``dataloader`` builds one whose ``ContiguousRunBatchSampler`` keeps every read a slice and whose dataset reads a
 whole batch per call.
 
-``render`` dispatches on the ``model_family`` attribute: ``siren`` renders the batched SIREN on the pixel grid;
-``nerf`` renders each scene from its first archived held-out camera through ``izoo.nerf.archive`` (volumes and
-other cameras: use ``izoo.nerf.archive.NerfArchive`` directly). ``register_renderer(family, fn)`` adds a family.
+The ``model_family`` attribute picks the family's view (``izoo.archive.families``: spec, parameter order,
+coordinate convention, renderer), registered by ``izoo.siren.archive`` and ``izoo.nerf.archive`` and imported by
+name on first use: ``siren`` renders the batched SIREN on the pixel grid; ``nerf`` renders each scene from its
+first archived held-out camera (other cameras and density grids: ``izoo.nerf.archive.NerfArchive``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -46,110 +45,15 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from izoo.archive import layout
-from izoo.archive.merge import read_rows
+import izoo.archive.layout as layout
+from izoo.archive.checks import virtual_source_problems
+from izoo.archive.families import archive_family
 from izoo.errors import IzooError
-from izoo.models import siren
+from izoo.siren import model as siren
 
 #: per open dataset: HDF5 keeps decompressed chunks, so neighbouring items and batches share one decompression
 CHUNK_CACHE_BYTES = 32 << 20
 CHUNK_CACHE_SLOTS = 10007
-Renderer = Callable[["InrArchive", np.ndarray, int, int], torch.Tensor]
-RENDERERS: dict[str, Renderer] = {}
-
-
-def register_renderer(family: str, renderer: Renderer) -> None:
-    """Make ``InrArchive.render`` work for ``family``: ``renderer(archive, rows, height, width) -> [B, 3, H, W]``."""
-    RENDERERS[family] = renderer
-
-
-def _render_siren(archive: "InrArchive", rows: np.ndarray, height: int, width: int) -> torch.Tensor:
-    return siren.render(archive.params_batch(rows), archive.spec, height, width,
-                        convention=archive.coordinate_convention)
-
-
-def _render_nerf(archive: "InrArchive", rows: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """Each NeRF from its first archived held-out camera (the NeRF family's reader knows rays and intrinsics)."""
-    from izoo.nerf.archive import NerfArchive
-
-    with NerfArchive(archive.path, device=archive.device) as nerf:
-        images = [nerf.render(int(r), nerf.camera(int(r))["poses"][0], height, width) for r in rows]
-    return torch.stack(images).permute(0, 3, 1, 2)
-
-
-register_renderer("siren", _render_siren)
-register_renderer("nerf", _render_nerf)
-
-
-def param_sort_key(name: str) -> tuple:
-    """Order parameter names layer by layer (``layer2`` before ``layer10``), weight before bias within a layer."""
-    prefix, _, leaf = name.rpartition(".")
-    natural = tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", prefix))
-    return natural, {"weight": 0, "bias": 1}.get(leaf, 2), leaf
-
-
-def spec_from_attrs(attrs: dict[str, Any]) -> siren.SirenSpec | None:
-    """The ``SirenSpec`` an archive's ``architecture`` attribute describes (None for other families)."""
-    if attrs.get("model_family", "siren") != "siren":
-        return None
-    arch = attrs.get("architecture") or {}
-    fields = {f.name for f in dataclasses.fields(siren.SirenSpec)}
-    return siren.SirenSpec(**{k: v for k, v in arch.items() if k in fields})
-
-
-#: what izoo wrote as ``coordinate_convention`` before the attribute named one of ``siren.COORDINATE_CONVENTIONS``
-LEGACY_PIXEL_CENTRES_TEXT = "pixel centres in (-1, 1)"
-
-
-def coordinate_convention_of(attrs: dict[str, Any], path: str | Path | None = None) -> str:
-    """The SIREN coordinate convention an archive records (``pixel_centers`` when it predates the attribute)."""
-    value = attrs.get("coordinate_convention")
-    if value is None or (isinstance(value, str) and value.startswith(LEGACY_PIXEL_CENTRES_TEXT)):
-        return siren.PIXEL_CENTERS
-    if value not in siren.COORDINATE_CONVENTIONS:
-        raise IzooError(f"unknown coordinate_convention attribute {value!r} (known: "
-                        f"{sorted(siren.COORDINATE_CONVENTIONS)})", path,
-                        "set it to one of those names (h5py: f.attrs['coordinate_convention'] = ...)")
-    return str(value)
-
-
-def param_order(attrs: dict[str, Any], names: Sequence[str]) -> list[str]:
-    """Parameter names in the family's evaluation order (SIREN: layer by layer; NeRF: its spec's order)."""
-    if attrs.get("model_family") == "nerf":
-        from izoo.nerf.model import NerfSpec
-
-        canonical = NerfSpec.from_dict(attrs.get("architecture") or {}).param_names()
-        if sorted(canonical) == sorted(names):
-            return canonical
-    return sorted(names, key=param_sort_key)
-
-
-def virtual_source_problems(h5: h5py.File, folder: Path, thorough: bool = True) -> list[str]:
-    """One line per source file a virtual dataset maps onto that does not exist (it would read as fill values).
-
-    ``thorough`` lists every mapping of every virtual dataset (ImageNet: ~10^5 per dataset, seconds); otherwise
-    only the files of the ``virtual_sources`` attribute written by the merge are checked (instant; ``open``).
-    """
-    files: dict[str, str] = {}
-    if not thorough and "virtual_sources" in h5.attrs:
-        for name in layout.decode_attrs({"m": h5.attrs["virtual_sources"]})["m"]:
-            files.setdefault(str(name), "/params")
-    else:
-        for group in ("params", "extras"):
-            for name, ds in (h5[group].items() if group in h5 else []):
-                if not ds.is_virtual:
-                    continue
-                # the creation property list names each mapping's file without building h5py's selection objects
-                dcpl = ds.id.get_create_plist()
-                for k in range(dcpl.get_virtual_count()):
-                    files.setdefault(dcpl.get_virtual_filename(k), f"{group}/{name}")
-    problems = []
-    for file_name, ds_name in files.items():
-        src = Path(file_name)
-        resolved = src if src.is_absolute() else folder / src
-        if not resolved.exists():
-            problems.append(f"virtual dataset {ds_name} maps onto missing file {resolved}")
-    return problems
 
 
 class InrArchive(Dataset):
@@ -168,7 +72,12 @@ class InrArchive(Dataset):
             if self.attrs.get("format") != layout.FORMAT:
                 raise IzooError(f"not an izoo archive (format={self.attrs.get('format')!r})", self.path,
                                 "open a file written by `izoo merge`")
-            self.param_names = param_order(self.attrs, list(h5["params"]))
+            self.model_family = str(self.attrs.get("model_family", "siren"))
+            #: how this family's files read (spec, parameter order, coordinates, renderer); None: unknown family
+            self.family = archive_family(self.model_family)
+            names = list(h5["params"])
+            self.param_names = (self.family.param_order(self.attrs, names) if self.family is not None
+                                else sorted(names, key=layout.param_sort_key))
             self.param_shapes = {n: tuple(h5[f"params/{n}"].shape[1:]) for n in self.param_names}
             self.extra_names = sorted(h5["extras"]) if "extras" in h5 else []
             self.labels = h5["items/label"][:]
@@ -186,15 +95,10 @@ class InrArchive(Dataset):
             self.close()
             raise IzooError(missing[0], self.path, "virtual archives need their shard files in place: restore them "
                             "or rerun `izoo merge` without --virtual")
-        self.model_family = str(self.attrs.get("model_family", "siren"))
-        self.spec: Any = spec_from_attrs(self.attrs)
+        self.spec: Any = self.family.spec(self.attrs) if self.family is not None else None
         #: SIREN archives: where pixels sit (``siren.COORDINATE_CONVENTIONS``); NeRF archives keep their camera text
-        self.coordinate_convention = (coordinate_convention_of(self.attrs, self.path) if self.model_family == "siren"
-                                      else str(self.attrs.get("coordinate_convention", "")))
-        if self.model_family == "nerf":
-            from izoo.nerf.model import NerfSpec
-
-            self.spec = NerfSpec.from_dict(self.attrs.get("architecture") or {})
+        self.coordinate_convention = (self.family.coordinate_convention(self.attrs, self.path)
+                                      if self.family is not None else str(self.attrs.get("coordinate_convention", "")))
         self._memory: dict[str, np.ndarray] | None = None
         if in_memory:
             h5 = self._file()
@@ -244,7 +148,7 @@ class InrArchive(Dataset):
         if self._memory is not None and key in self._memory:
             return self._memory[key][rows]
         ds = self._dataset(key)
-        return ds[rows] if isinstance(rows, slice) else read_rows(ds, rows)
+        return ds[rows] if isinstance(rows, slice) else layout.read_rows(ds, rows)
 
     def _rows(self, indices: Sequence[int] | np.ndarray | slice | torch.Tensor) -> slice | np.ndarray:
         if isinstance(indices, slice):
@@ -353,12 +257,12 @@ class InrArchive(Dataset):
     def render(self, indices: Sequence[int] | np.ndarray | slice | torch.Tensor, height: int,
                width: int) -> torch.Tensor:
         """Render items back to images ``[B, C, H, W]`` in [0, 1] at any resolution (family's registered renderer)."""
-        if self.model_family not in RENDERERS:
+        if self.family is None:
             raise IzooError(f"no renderer registered for model family {self.model_family!r}", self.path,
-                            "import the module that registers it (izoo.archive.reader.register_renderer)")
+                            "import the module that registers it (izoo.archive.families.register_archive_family)")
         rows = self._rows(indices)
         rows = np.arange(len(self))[rows] if isinstance(rows, slice) else rows
-        return RENDERERS[self.model_family](self, rows, int(height), int(width))
+        return self.family.render(self, rows, int(height), int(width))
 
     def __repr__(self) -> str:
         return (f"InrArchive({str(self.path)!r}, items={len(self)}, family={self.model_family!r}, "

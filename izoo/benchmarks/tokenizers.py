@@ -29,10 +29,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from izoo.models import siren
+from izoo.config import schema_names
+from izoo.siren import model as siren
 
 #: tokenizer kinds, in the order of the paper's Table 2
-TOKENIZERS = ("uniform", "s", "lc", "lp", "lp_rand", "lp_reg")
+TOKENIZERS = schema_names("tokenizer")
 #: display names used in the results table (the paper's abbreviations)
 DISPLAY_NAMES = {"uniform": "ViT (uniform)", "s": "S", "lc": "LC", "lp": "LP", "lp_rand": "LP+rand",
                  "lp_reg": "LP+reg"}

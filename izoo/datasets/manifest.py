@@ -151,8 +151,8 @@ def load_shards_info(path: str | Path) -> dict[str, Any]:
         raise IzooError("shards.json not found", path, "run `izoo manifest` first")
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise IzooError(f"unreadable shards.json ({exc})", path, "delete the manifest folder and rebuild") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IzooError(f"unreadable shards.json ({type(exc).__name__}: {exc})", path, "delete the manifest folder and rebuild") from None
 
 
 def shard_ids(manifest_df: pd.DataFrame) -> list[str]:

@@ -1,10 +1,6 @@
-"""Batched INR fitting with three quality-control phases, resumable per shard (see docs/DESIGN.md)."""
+"""Batched INR fitting with three quality-control phases, resumable per shard (see docs/DESIGN.md).
 
-from izoo.fitting.engine import FitInterrupted, FitResult, fit_all_phases, fit_images
-from izoo.fitting.families import BatchCheckpoint, BatchFit, get_family, register_family
-from izoo.fitting.phases import PHASES, PhaseSettings, fit_config, phase_settings
-from izoo.fitting.shard import ShardOutput, StopControl, fit_shard
-
-__all__ = ["FitInterrupted", "FitResult", "fit_all_phases", "fit_images", "BatchCheckpoint",
-           "BatchFit", "get_family", "register_family", "PHASES", "PhaseSettings", "fit_config", "phase_settings",
-           "ShardOutput", "StopControl", "fit_shard"]
+Generic machinery only: the family registry (``families``), continuous batching (``stream``), one batch of
+samples in streams (``batch``), phases, shards, refinement plans. The model families live in ``izoo.siren`` and
+``izoo.nerf``.
+"""

@@ -13,28 +13,27 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from izoo.config import check_dataset_entry
+from izoo.config import DatasetConfig, dataset_config
+from izoo.datasets.manifest import load_manifest
 from izoo.errors import BadItemError, IzooError
 from izoo.jsonargs import json_file_of, load_json_object
-from izoo.fitting import engine, refine
-from izoo.fitting.phases import PHASES
+from izoo.fitting import refine
+from izoo.archive.layout import PHASES
 from izoo.fitting.progress import emit
 from izoo.fitting.shard import EXIT_INTERRUPTED, StopControl, fit_shard
+from izoo.fitting.stream import FitInterrupted
 
 
 def parse_dataset_config(text: str) -> dict[str, Any]:
-    """The ``--dataset-config`` JSON string (or ``@file.json``) as a dict, its fitting recipe resolved."""
-    from izoo.fitting.recipes import resolve_recipe
-
-    return resolve_recipe(load_json_object(text, "--dataset-config", "one entry of config.yaml's datasets:"),
-                          "--dataset-config")
+    """The ``--dataset-config`` JSON string (or ``@file.json``) as a plain dict, unchecked (for readers that need only
+    its ``source:`` section); ``dataset_config_arg`` is the parsed, checked form the fitting commands use."""
+    return load_json_object(text, "--dataset-config", "one entry of config.yaml's datasets:")
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """``results/{ds}/manifest.csv``, read by its owner ``izoo.datasets.load_manifest`` (columns checked)."""
-    from izoo.datasets import load_manifest
-
-    return load_manifest(path)
+def dataset_config_arg(text: str) -> DatasetConfig:
+    """The ``--dataset-config`` as a ``DatasetConfig``: recipe resolved, the schema's defaults filled, checked without
+    jsonschema; a typo or bad value is a one-line error naming its file, before anything is fitted."""
+    return DatasetConfig.parse(parse_dataset_config(text), config_source(text))
 
 
 def config_source(value: str) -> str:
@@ -42,16 +41,13 @@ def config_source(value: str) -> str:
     return str(json_file_of(value) or "--dataset-config")
 
 
-def sample_loader(dataset_cfg: Mapping[str, Any],
-                  source: str = "--dataset-config") -> Callable[[Mapping[str, Any]], Any]:
+def sample_loader(dataset_cfg: DatasetConfig | Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]:
     """``load(manifest_row) -> Sample`` of the dataset's source (``izoo.datasets.open_source``)."""
     try:
         from izoo.datasets import open_source
     except ImportError as exc:
         raise IzooError(f"izoo.datasets is unavailable ({exc})", None, "reinstall izoo (pip install -e .)") from exc
-    if "source" not in dataset_cfg:
-        raise IzooError("dataset config has no source: section", source, "add source: {format, root, ...}")
-    dataset = open_source(dataset_cfg["source"])
+    dataset = open_source(dataset_config(dataset_cfg).to_dict()["source"])
 
     def load(row: Mapping[str, Any]) -> Any:
         try:
@@ -67,7 +63,7 @@ def run_stoppable(runtime_minutes: float | None, workdir: str | Path, work: Call
     stop = StopControl(runtime_minutes).install()
     try:
         return work(stop)
-    except engine.FitInterrupted as exc:
+    except FitInterrupted as exc:
         emit(f"stopped: {stop.reason or exc}; progress kept in {workdir}; rerun the same command to resume "
              f"(exit {EXIT_INTERRUPTED})")
         return None
@@ -77,10 +73,8 @@ def run_stoppable(runtime_minutes: float | None, workdir: str | Path, work: Call
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit one shard (basic) or one refinement job (extended / until_threshold)."""
-    cfg = parse_dataset_config(args.dataset_config)
-    source = config_source(args.dataset_config)
-    check_dataset_entry(cfg, source)   # a typo or bad value stops the job before it fits anything
-    manifest = read_manifest(args.manifest)
+    cfg = dataset_config_arg(args.dataset_config)
+    manifest = load_manifest(args.manifest)
     if args.phase == "basic":
         if not args.shard:
             raise IzooError("--phase basic needs --shard", None, "pass --shard SPLIT-NNNNN from shards.json")
@@ -97,7 +91,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                             "pass the plan of the same phase")
         items = refine.job_items(plan, args.job, manifest, args.plan)
     done = run_stoppable(args.runtime_minutes, args.workdir,
-                         lambda stop: fit_shard(items, sample_loader(cfg, source), cfg, args.workdir, args.phase,
+                         lambda stop: fit_shard(items, sample_loader(cfg), cfg, args.workdir, args.phase,
                                                 dataset=args.dataset, stop=stop))
     if done is None:
         return EXIT_INTERRUPTED
@@ -111,30 +105,34 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Write the refinement plan of ``--phase`` from the previous phase's reports."""
-    cfg = parse_dataset_config(args.dataset_config)
-    job_size = int(cfg.get("refine_job_size", 1024))
-    plan = refine.plan_refinement(args.reports, args.phase, job_size)
+    cfg = dataset_config_arg(args.dataset_config)
+    plan = refine.plan_refinement(args.reports, args.phase, cfg.refine_job_size)
     refine.write_plan(plan, args.out)
     emit(f"plan {args.phase}: {plan['n_failing']} failing items in {len(plan['jobs'])} jobs → {args.out}")
     return 0
+
+
+def add_job_arguments(parser: argparse.ArgumentParser, recorded_in: str) -> None:
+    """The arguments every fitting job takes: dataset, its config entry, the manifest, work dir, time limit."""
+    parser.add_argument("--dataset", required=True, help=f"dataset name (recorded in {recorded_in})")
+    parser.add_argument("--dataset-config", required=True, help="the dataset's config entry as JSON (or @file.json)")
+    parser.add_argument("--manifest", required=True, help="results/{ds}/manifest.csv")
+    parser.add_argument("--workdir", required=True, help="resume state of this job")
+    parser.add_argument("--runtime-minutes", type=float, default=None,
+                        help="job time limit; the job saves and exits 75 shortly before it")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fit`` and ``plan-refinement`` to the ``izoo`` command line."""
     fit = subparsers.add_parser("fit", help="fit the INRs of one shard or refinement job (resumable)",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fit.add_argument("--dataset", required=True, help="dataset name (recorded in the weights file)")
-    fit.add_argument("--dataset-config", required=True, help="the dataset's config entry as JSON (or @file.json)")
-    fit.add_argument("--manifest", required=True, help="results/{ds}/manifest.csv")
+    add_job_arguments(fit, "the weights file")
     fit.add_argument("--phase", required=True, choices=PHASES)
     fit.add_argument("--shard", help="shard id (phase basic), e.g. train-00000")
     fit.add_argument("--plan", help="plan.json of the phase (extended / until_threshold)")
     fit.add_argument("--job", help="job id in the plan, e.g. job-0000")
-    fit.add_argument("--workdir", required=True, help="resume state of this job (batch files, checkpoints)")
     fit.add_argument("--out-weights", required=True, help="weights file to write at the end (.h5)")
     fit.add_argument("--out-report", required=True, help="PSNR report CSV to write at the end")
-    fit.add_argument("--runtime-minutes", type=float, default=None,
-                     help="job time limit; the job saves and exits 75 shortly before it")
     fit.set_defaults(func=cmd_fit)
 
     plan = subparsers.add_parser("plan-refinement", help="pack the items below the gate into refinement jobs")

@@ -2,7 +2,7 @@
 
 Algorithm: Reptile (Nichol et al., 2018) over the batched engine. Each outer step draws a meta-batch of
 ``meta_batch`` items from the subset, fits all of them for ``inner_steps`` Adam steps from the current init
-with ``izoo.fitting.engine.fit_images`` (fresh Adam moments and the dataset's ``fit.lr``, as the fit jobs
+with ``izoo.siren.engine.fit_images`` (fresh Adam moments and the dataset's ``fit.lr``, as the fit jobs
 start), and moves the init towards the mean of the fitted weights:
 ``θ ← θ + ε_t (mean_i φ_i − θ)`` with ``ε_t`` decaying linearly from ``outer_lr`` to 0.
 
@@ -37,25 +37,16 @@ import pandas as pd
 import torch
 
 from izoo.atomic import atomic_path
+from izoo.config import DatasetConfig, FitConfig, dataset_config, filled_section
 from izoo.errors import IzooError
-from izoo.fitting import engine, learned_init
-from izoo.fitting.families import SirenFamily, default_device
-from izoo.fitting.phases import PhaseSettings, fit_config
+from izoo.fitting import learned_init
+from izoo.fitting.device import default_device
+from izoo.fitting.phases import PhaseSettings, as_fit_config
 from izoo.fitting.progress import emit
-from izoo.models import siren
-
-#: defaults of a dataset's ``meta_init:`` section (workflow/schemas/config.schema.yaml documents the same)
-DEFAULT_META_INIT: dict[str, Any] = {
-    "split": "train",
-    "items": 256,
-    "outer_steps": 200,
-    "inner_steps": 8,
-    "meta_batch": 16,
-    "outer_lr": 1.0,
-    "seed": 0,
-    "checkpoint_every": 50,
-}
-
+from izoo.fitting.stream import FitInterrupted, is_out_of_memory
+from izoo.siren import engine
+from izoo.siren import model as siren
+from izoo.siren.family import SirenFamily
 
 @dataclass(frozen=True)
 class MetaInitSettings:
@@ -72,30 +63,16 @@ class MetaInitSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> "MetaInitSettings":
-        """The dataset's ``meta_init:`` section with defaults filled in (a bad value is a one-line error)."""
-        merged = {**DEFAULT_META_INIT, **(section or {})}
-        unknown = sorted(set(merged) - set(DEFAULT_META_INIT))
-        if unknown:
-            raise IzooError(f"unknown meta_init settings {unknown}", "config.yaml",
-                            f"use only {sorted(DEFAULT_META_INIT)}")
-        for key in ("items", "outer_steps", "inner_steps", "meta_batch", "checkpoint_every"):
-            if not isinstance(merged[key], int) or merged[key] < 1:
-                raise IzooError(f"meta_init.{key} must be a whole number >= 1 (got {merged[key]!r})", "config.yaml",
-                                f"set meta_init.{key} to e.g. {DEFAULT_META_INIT[key]}")
-        if not float(merged["outer_lr"]) > 0:
-            raise IzooError(f"meta_init.outer_lr must be > 0 (got {merged['outer_lr']!r})", "config.yaml",
-                            "set meta_init.outer_lr to e.g. 1.0")
+        """The dataset's ``meta_init:`` section with the schema's defaults filled (a bad value is a one-line error)."""
+        merged = filled_section("meta_init", section)
         if str(merged["split"]) in learned_init.HELD_OUT_SPLITS:
             raise IzooError(f"meta_init.split is {merged['split']!r}, a held-out split", "config.yaml",
                             "meta-learn from the train split (held-out items must stay unseen)")
-        return cls(split=str(merged["split"]), items=int(merged["items"]), outer_steps=int(merged["outer_steps"]),
-                   inner_steps=int(merged["inner_steps"]), meta_batch=int(merged["meta_batch"]),
-                   outer_lr=float(merged["outer_lr"]), seed=int(merged["seed"]),
-                   checkpoint_every=int(merged["checkpoint_every"]))
+        return cls(**{**merged, "outer_lr": float(merged["outer_lr"])})
 
-    def inner_phase(self, fit_cfg: Mapping[str, Any]) -> PhaseSettings:
+    def inner_phase(self, fit_cfg: FitConfig | Mapping[str, Any]) -> PhaseSettings:
         """The inner loop: ``inner_steps`` Adam steps at the fit's starting learning rate, no early stop."""
-        lr = float(fit_config(fit_cfg)["lr"])
+        lr = float(as_fit_config(fit_cfg).lr)
         return PhaseSettings(phase="basic", max_steps=self.inner_steps, schedule_steps=self.inner_steps, lr=lr,
                              lr_min=lr, gate_psnr=float("inf"), check_every=self.inner_steps, stop_on_pass=False,
                              patience=None, min_delta=0.0, keep_best=False, checkpoint_every=0)
@@ -120,12 +97,12 @@ def meta_batch_rows(n_items: int, settings: MetaInitSettings, step: int) -> np.n
     return np.sort(np.random.default_rng([settings.seed, step]).choice(n_items, size, replace=False))
 
 
-def run_fingerprint(dataset: str, dataset_cfg: Mapping[str, Any], settings: MetaInitSettings,
+def run_fingerprint(dataset: str, dataset_cfg: DatasetConfig | Mapping[str, Any], settings: MetaInitSettings,
                     indices: Sequence[int]) -> str:
     """Hash of what determines the learned init (resume state made with anything else is not reused)."""
-    fit = fit_config(dataset_cfg.get("fit"))
-    model = {k: v for k, v in (dataset_cfg.get("model") or {}).items() if k != "init_file"}
-    payload = {"dataset": dataset, "model": model, "seed": dataset_cfg.get("seed", {}), "lr": fit["lr"],
+    cfg = dataset_config(dataset_cfg)
+    model = {k: v for k, v in cfg.model.to_dict().items() if k != "init_file"}
+    payload = {"dataset": dataset, "model": model, "seed": cfg.seed.to_dict(), "lr": cfg.fit.lr,
                "meta_init": asdict(settings), "index": [int(i) for i in indices]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -139,13 +116,14 @@ class MetaResult:
     inner_psnr: list[float]     # mean PSNR of each outer step's meta-batch after its inner steps
 
 
-def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSettings, fit_cfg: Mapping[str, Any], *,
+def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSettings,
+            fit_cfg: FitConfig | Mapping[str, Any], *,
             base_seed: int = 42, device: torch.device | str = "cpu", state_path: Path | None = None,
             fingerprint: str = "", should_stop: Callable[[], bool] | None = None,
             progress_every: float = 30.0) -> MetaResult:
     """Reptile over ``images`` ``[M, 3, H, W]`` in [0, 1] from the SIREN init of ``base_seed``; resumable via ``state_path``.
 
-    A stop request saves the state and raises ``engine.FitInterrupted``.
+    A stop request saves the state and raises ``FitInterrupted``.
     """
     names = family.param_names()
     theta = [p[0].clone() for p in siren.init_params(family.spec, [base_seed])]
@@ -155,7 +133,7 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
         theta, step, seconds, history = list(state["theta"]), int(state["step"]), float(state["seconds"]), list(state["history"])
         emit(f"meta-init resumed at outer step {step}/{settings.outer_steps} from {state_path}")
     inner = settings.inner_phase(fit_cfg)
-    use_compile = fit_config(fit_cfg).get("compile", "auto")
+    use_compile = as_fit_config(fit_cfg).compile
 
     def save() -> None:
         if state_path is not None:
@@ -167,7 +145,7 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
     while step < settings.outer_steps:
         if should_stop is not None and should_stop():
             save()
-            raise engine.FitInterrupted(f"stop requested at outer step {step}")
+            raise FitInterrupted(f"stop requested at outer step {step}")
         tick = time.perf_counter()
         rows = torch.as_tensor(meta_batch_rows(len(images), settings, step))
         batch = images[rows]
@@ -176,7 +154,7 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
                                     init=[p.unsqueeze(0).expand(len(rows), *p.shape).contiguous() for p in theta],
                                     device=device, use_compile=use_compile)
         except Exception as exc:
-            if not engine.is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             raise IzooError(f"a meta-batch of {len(rows)} items does not fit in {device} memory", "config.yaml",
                             "lower meta_init.meta_batch") from None
@@ -230,21 +208,22 @@ def load_images(rows: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], A
     return torch.stack(images)
 
 
-def run_meta_init(dataset: str, dataset_cfg: Mapping[str, Any], manifest: pd.DataFrame, workdir: str | Path,
+def run_meta_init(dataset: str, dataset_cfg: DatasetConfig | Mapping[str, Any], manifest: pd.DataFrame, workdir: str | Path,
                   out: str | Path, *, load_sample: Callable[[Mapping[str, Any]], Any],
                   should_stop: Callable[[], bool] | None = None, device: torch.device | str | None = None,
                   manifest_path: Any = "manifest") -> Path:
     """Meta-learn the dataset's init and write it to ``out`` (resumable from ``workdir``)."""
-    model_cfg = {k: v for k, v in (dataset_cfg.get("model") or {"family": "siren"}).items() if k != "init_file"}
-    if str(model_cfg.get("family", "siren")) != "siren":
-        raise IzooError(f"meta-init learns SIREN inits; dataset {dataset!r} has family {model_cfg.get('family')!r}",
+    dataset_cfg = dataset_config(dataset_cfg)
+    model_cfg = {k: v for k, v in dataset_cfg.model.to_dict().items() if k != "init_file"}
+    if dataset_cfg.model.family != "siren":
+        raise IzooError(f"meta-init learns SIREN inits; dataset {dataset!r} has family {dataset_cfg.model.family!r}",
                         "config.yaml", "use model.init: learned only with family: siren")
     model_cfg["init"] = "siren"
-    fit_cfg = fit_config(dataset_cfg.get("fit"))
+    fit_cfg = dataset_cfg.fit.to_dict()
     family = SirenFamily(model_cfg, fit_cfg)
-    settings = MetaInitSettings.from_config(dataset_cfg.get("meta_init"))
+    settings = MetaInitSettings.from_config(dataset_cfg.meta_init)
     rows = select_items(manifest, settings, manifest_path)
-    base_seed = int((dataset_cfg.get("seed") or {}).get("value", 42))
+    base_seed = dataset_cfg.seed.value
     fp = run_fingerprint(dataset, dataset_cfg, settings, rows["index"].tolist())
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -252,9 +231,9 @@ def run_meta_init(dataset: str, dataset_cfg: Mapping[str, Any], manifest: pd.Dat
     emit(f"meta-init {dataset}: {len(rows)} items of split {settings.split!r}, {settings.outer_steps} outer steps x "
          f"{settings.meta_batch} items x {settings.inner_steps} inner steps on {device}")
     images = load_images(rows, load_sample, manifest_path)
-    result = reptile(images, family, settings, fit_cfg, base_seed=base_seed, device=device,
+    result = reptile(images, family, settings, dataset_cfg.fit, base_seed=base_seed, device=device,
                      state_path=workdir / "state.pt", fingerprint=fp, should_stop=should_stop)
-    attrs = {"dataset": dataset, "source": dict(dataset_cfg.get("source") or {}), "model_family": family.name,
+    attrs = {"dataset": dataset, "source": dataset_cfg.to_dict()["source"], "model_family": family.name,
              "architecture": family.architecture(), "meta_init": asdict(settings), "base_seed": base_seed,
              "seconds": result.seconds, "device": str(device), "algorithm": "reptile",
              "final_inner_psnr": float(np.mean(result.inner_psnr[-settings.checkpoint_every:]))}
@@ -265,11 +244,12 @@ def run_meta_init(dataset: str, dataset_cfg: Mapping[str, Any], manifest: pd.Dat
 
 def cmd_meta_init(args: argparse.Namespace) -> int:
     """``izoo meta-init``: parse, run, exit 75 when stopped with the state saved."""
-    from izoo.fitting.commands import parse_dataset_config, read_manifest, run_stoppable, sample_loader
+    from izoo.datasets.manifest import load_manifest
+    from izoo.fitting.commands import dataset_config_arg, run_stoppable, sample_loader
     from izoo.fitting.shard import EXIT_INTERRUPTED
 
-    cfg = parse_dataset_config(args.dataset_config)
-    manifest = read_manifest(args.manifest)
+    cfg = dataset_config_arg(args.dataset_config)
+    manifest = load_manifest(args.manifest)
     done = run_stoppable(args.runtime_minutes, args.workdir,
                          lambda stop: run_meta_init(args.dataset, cfg, manifest, args.workdir, args.out,
                                                     load_sample=sample_loader(cfg), should_stop=stop.should_stop,
@@ -279,13 +259,10 @@ def cmd_meta_init(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``meta-init`` to the ``izoo`` command line."""
+    from izoo.fitting.commands import add_job_arguments
+
     p = subparsers.add_parser("meta-init", help="meta-learn one shared SIREN init from a train subset (resumable)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="dataset name (recorded in the init file, checked by izoo fit)")
-    p.add_argument("--dataset-config", required=True, help="the dataset's config entry as JSON (or @file.json)")
-    p.add_argument("--manifest", required=True, help="results/{ds}/manifest.csv")
-    p.add_argument("--workdir", required=True, help="resume state (state.pt)")
+    add_job_arguments(p, "the init file, checked by izoo fit")
     p.add_argument("--out", required=True, help="init file to write at the end (.h5)")
-    p.add_argument("--runtime-minutes", type=float, default=None,
-                   help="job time limit; the job saves and exits 75 shortly before it")
     p.set_defaults(func=cmd_meta_init)

@@ -16,45 +16,18 @@ The paper leaves the refinement learning-rate schedule open; a warm restart plus
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from izoo.archive.layout import PHASES
+from izoo.config import FitConfig
 from izoo.errors import IzooError
 
-PHASES = ("basic", "extended", "until_threshold")
-#: how the basic phase ends an item: after the whole budget, or at the first check past the gate
-STOP_MODES = ("budget", "gate")
 
-#: defaults of the ``fit:`` section (config.yaml documents the same values)
-DEFAULT_FIT: dict[str, Any] = {
-    "batch_size": 256,
-    "iterations": 1000,
-    "lr": 1.0e-3,
-    "lr_min": 1.0e-5,
-    "gate_psnr": 30.0,
-    "check_every": 50,
-    "stop": "budget",
-    "min_iterations": 0,
-    "extended": {"factor": 3, "patience": 300, "min_delta": 0.05},
-    "until_threshold": {"cap_iterations": 20000},
-    "checkpoint_every": 500,
-    "device": "auto",
-    "tf32": True,
-    "compile": "auto",
-}
-
-
-def fit_config(fit_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``fit:`` section with every default filled in (nested sections merged key by key)."""
-    merged = copy.deepcopy(DEFAULT_FIT)
-    for key, value in (fit_cfg or {}).items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
-    return merged
+def as_fit_config(fit_cfg: FitConfig | Mapping[str, Any] | None) -> FitConfig:
+    """The parsed ``fit:`` section (a given ``FitConfig`` as is; a dict parsed, the schema's defaults filled)."""
+    return fit_cfg if isinstance(fit_cfg, FitConfig) else FitConfig.parse(fit_cfg)
 
 
 @dataclass(frozen=True)
@@ -85,58 +58,26 @@ class PhaseSettings:
         return asdict(self)
 
 
-def _positive_int(value: Any, name: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = -1
-    if number < 1:
-        raise IzooError(f"fit.{name} must be a positive integer (got {value!r})", "config.yaml",
-                        f"set fit.{name} to a whole number ≥ 1")
-    return number
-
-
-def _non_negative_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
-        raise IzooError(f"fit.{name} must be a whole number >= 0 (got {value!r})", "config.yaml",
-                        f"set fit.{name} to a whole number of steps, e.g. 0")
-    return int(value)
-
-
-def phase_settings(fit_cfg: Mapping[str, Any] | None, phase: str) -> PhaseSettings:
-    """``PhaseSettings`` of ``phase`` from a dataset's ``fit:`` section (defaults filled in)."""
-    cfg = fit_config(fit_cfg)
+def phase_settings(fit_cfg: FitConfig | Mapping[str, Any] | None, phase: str) -> PhaseSettings:
+    """``PhaseSettings`` of ``phase`` from a dataset's ``fit:`` section (values checked by the schema)."""
     if phase not in PHASES:
         raise IzooError(f"unknown fitting phase {phase!r}", None, f"use one of {', '.join(PHASES)}")
-    iterations = _positive_int(cfg["iterations"], "iterations")
-    common = dict(lr=float(cfg["lr"]), lr_min=float(cfg["lr_min"]), gate_psnr=float(cfg["gate_psnr"]),
-                  check_every=_positive_int(cfg["check_every"], "check_every"),
-                  checkpoint_every=max(int(cfg.get("checkpoint_every") or 0), 0))
+    fit = as_fit_config(fit_cfg)
+    common = dict(lr=float(fit.lr), lr_min=float(fit.lr_min), gate_psnr=float(fit.gate_psnr),
+                  check_every=fit.check_every, checkpoint_every=fit.checkpoint_every)
     if phase == "basic":
-        stop = str(cfg.get("stop", "budget"))
-        if stop not in STOP_MODES:
-            raise IzooError(f"fit.stop must be one of {', '.join(STOP_MODES)} (got {cfg.get('stop')!r})", "config.yaml",
-                            "set fit.stop to budget (train every item all iterations) or gate (stop at the gate)")
-        min_steps = _non_negative_int(cfg.get("min_iterations", 0), "min_iterations")
-        if min_steps > iterations:
-            raise IzooError(f"fit.min_iterations ({min_steps}) is larger than fit.iterations ({iterations})",
-                            "config.yaml", "set fit.min_iterations to at most fit.iterations (the cap)")
-        return PhaseSettings(phase=phase, max_steps=iterations, schedule_steps=iterations,
-                             stop_on_pass=stop == "gate", patience=None, min_delta=0.0, keep_best=False,
-                             min_steps=min_steps, **common)
+        if fit.min_iterations > fit.iterations:
+            raise IzooError(f"fit.min_iterations ({fit.min_iterations}) is larger than fit.iterations "
+                            f"({fit.iterations})", "config.yaml",
+                            "set fit.min_iterations to at most fit.iterations (the cap)")
+        return PhaseSettings(phase=phase, max_steps=fit.iterations, schedule_steps=fit.iterations,
+                             stop_on_pass=fit.stop == "gate", patience=None, min_delta=0.0, keep_best=False,
+                             min_steps=fit.min_iterations, **common)
     if phase == "extended":
-        ext = cfg["extended"]
-        try:
-            factor = float(ext.get("factor", 3))
-        except (TypeError, ValueError):
-            factor = -1.0
-        if not factor > 0:
-            raise IzooError(f"fit.extended.factor must be a positive number (got {ext.get('factor')!r})", "config.yaml",
-                            "set fit.extended.factor to e.g. 3")
-        steps = max(1, int(round(factor * iterations)))
+        steps = max(1, int(round(float(fit.extended.factor) * fit.iterations)))
         return PhaseSettings(phase=phase, max_steps=steps, schedule_steps=steps, stop_on_pass=True,
-                             patience=_positive_int(ext.get("patience", 300), "extended.patience"),
-                             min_delta=float(ext.get("min_delta", 0.05)), keep_best=True, **common)
-    cap = _positive_int(cfg["until_threshold"].get("cap_iterations", 20000), "until_threshold.cap_iterations")
+                             patience=fit.extended.patience, min_delta=float(fit.extended.min_delta),
+                             keep_best=True, **common)
+    cap = fit.until_threshold.cap_iterations
     return PhaseSettings(phase=phase, max_steps=cap, schedule_steps=cap, stop_on_pass=True, patience=None,
                          min_delta=0.0, keep_best=True, **common)

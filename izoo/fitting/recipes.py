@@ -2,7 +2,8 @@
 
 A recipe is a set of ``model:`` and ``fit:`` defaults; what a dataset's config says itself wins over it, and the
 schema's defaults fill what neither says. Recipes are resolved once, when the config is validated
-(``izoo.config``), and again (idempotently) by ``izoo fit`` for a hand-written ``--dataset-config``.
+(``izoo.config.resolve_recipe``), and again (idempotently) when an ``izoo`` CLI parses its ``--dataset-config``.
+This module is the recipes' table only (it imports nothing of izoo, so the config can import it).
 
 =========  ===============================================================================================
 recipe     what it reproduces
@@ -23,10 +24,7 @@ The measured cost and PSNR distribution of each recipe are in ``benchmarks/RESUL
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Mapping
-
-from izoo.errors import IzooError
+from typing import Any
 
 DEFAULT_RECIPE = "paper"
 
@@ -37,21 +35,3 @@ RECIPES: dict[str, dict[str, Any]] = {
                          "iterations": 5000, "check_every": 1}},
     "gate": {"model": {"init": "siren"}, "fit": {"stop": "gate", "check_every": 1}},
 }
-
-
-def resolve_recipe(dataset_cfg: Mapping[str, Any], source: str = "config.yaml") -> dict[str, Any]:
-    """The dataset config with its recipe's defaults filled in under what it sets itself (idempotent)."""
-    from izoo.config import deep_merge   # the one recursive merge of config sections
-
-    cfg = copy.deepcopy(dict(dataset_cfg))
-    name = cfg.get("recipe", DEFAULT_RECIPE)
-    if name not in RECIPES:
-        raise IzooError(f"unknown fitting recipe {name!r}", source, f"set recipe to one of {', '.join(RECIPES)}")
-    family = (cfg.get("model") or {}).get("family", "siren")
-    if family != "siren":
-        if name != DEFAULT_RECIPE:
-            raise IzooError(f"recipe {name!r} is for 2D SIREN datasets, not model.family {family!r}", source,
-                            "drop the recipe key and set fit.stop / fit.iterations directly")
-        return cfg
-    cfg["recipe"] = name
-    return deep_merge(RECIPES[name], cfg)

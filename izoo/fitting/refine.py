@@ -15,33 +15,11 @@ import pandas as pd
 
 from izoo.atomic import atomic_path
 from izoo.errors import IzooError
-from izoo.fitting.phases import PHASES
+from izoo.fitting import psnr_report
+from izoo.archive.layout import PHASES
 
-REQUIRED_REPORT_COLUMNS = ("index", "passed")
-
-
-def _as_bool(values: pd.Series) -> pd.Series:
-    """``passed`` as booleans whether pandas read it as bool or as text."""
-    if values.dtype == bool:
-        return values
-    return values.astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
-
-
-def read_report(path: str | Path) -> pd.DataFrame:
-    """One PSNR report CSV (one-line error if it is missing or lacks columns)."""
-    path = Path(path)
-    if not path.exists():
-        raise IzooError("PSNR report is missing", path, "rerun the fitting job that writes it")
-    try:
-        report = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise IzooError(f"PSNR report is unreadable ({type(exc).__name__})", path,
-                        "delete it and rerun the fitting job that writes it") from exc
-    missing = [c for c in REQUIRED_REPORT_COLUMNS if c not in report.columns]
-    if missing:
-        raise IzooError(f"PSNR report lacks columns {missing}", path, "rerun the fitting job that writes it")
-    report["passed"] = _as_bool(report["passed"])
-    return report
+#: what planning reads of a PSNR report (izoo.fitting.psnr_report): which items failed
+PLAN_COLUMNS = ("index", "passed")
 
 
 def plan_refinement(reports: Sequence[str | Path], phase: str, job_size: int) -> dict[str, Any]:
@@ -52,7 +30,7 @@ def plan_refinement(reports: Sequence[str | Path], phase: str, job_size: int) ->
         raise IzooError(f"refine_job_size must be ≥ 1 (got {job_size})", "config.yaml", "set refine_job_size to e.g. 1024")
     failing: list[tuple[int, str]] = []
     for report_path in reports:
-        report = read_report(report_path)
+        report = psnr_report.read(report_path, PLAN_COLUMNS)
         weights = Path(report_path).with_suffix(".h5")
         rows = report.loc[~report["passed"], "index"].astype(int).tolist()
         if rows and not weights.exists():

@@ -34,17 +34,18 @@ import pandas as pd
 import torch
 
 from izoo.archive import layout
+from izoo.config import DatasetConfig, dataset_config
+from izoo.datasets import manifest
 from izoo.errors import IzooError
-from izoo.fitting import engine, learned_init
-from izoo.fitting.families import BatchCheckpoint, BatchFit, default_device, finite_params, get_family
-from izoo.fitting.phases import PHASES, fit_config, phase_settings
+from izoo.fitting import learned_init, psnr_report
+from izoo.fitting.batch import BatchCheckpoint, finite_params, item_seeds
+from izoo.fitting.device import default_device
+from izoo.fitting.families import get_family
+from izoo.fitting.phases import phase_settings
 from izoo.fitting.progress import ProgressMeter, emit
-from izoo.models import siren
+from izoo.fitting.stream import FitInterrupted, FitResult
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the job saved its progress and should be resubmitted
-REPORT_COLUMNS = ["index", "item_id", "split", "label", "shard", "phase", "psnr_before", "psnr_after",
-                  "iterations", "seconds", "passed"]
-MANIFEST_COLUMNS = ["index", "split", "item_id", "label", "source_id", "shard"]
 PHASE_REPORT = "phase_report."   # prefix of the per-group report extras (work dir only)
 JOB_CHECKPOINT = "job.ckpt"      # the in-flight state of a job (slots, queue, groups written)
 
@@ -105,28 +106,17 @@ class ShardOutput:
     def write(self, weights_path: str | Path, report_path: str | Path) -> None:
         """Write the report CSV, then the weights file, each atomically: the weights file (the job's product)
         exists only once its report does, so a job killed between the two never looks finished."""
-        write_report(self.report, report_path)
+        psnr_report.write(self.report, report_path)
         layout.write_inr_file(weights_path, self.params, self.items, self.attrs, self.extras, self.shared_init)
 
 
-def write_report(report: pd.DataFrame, path: str | Path) -> Path:
-    """Write a PSNR report CSV atomically."""
-    from izoo.atomic import atomic_path
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        report[REPORT_COLUMNS].to_csv(tmp, index=False)
-    return path
-
-
-def fingerprint(dataset_cfg: Mapping[str, Any], phase: str, items: pd.DataFrame) -> str:
-    """Hash of what determines a batch's weights (settings that only change speed are left out)."""
-    fit = {k: v for k, v in fit_config(dataset_cfg.get("fit")).items()
-           if k not in ("device", "tf32", "compile", "checkpoint_every", "batch_size")}
-    payload = {"model": dataset_cfg.get("model", {}), "seed": dataset_cfg.get("seed", {}), "fit": fit,
-               "phase": phase, "index": [int(i) for i in items["index"]],
+def fingerprint(dataset_cfg: DatasetConfig | Mapping[str, Any], phase: str, items: pd.DataFrame) -> str:
+    """Hash of what determines a batch's weights: the INR-defining settings (``DatasetConfig.inr_settings``, the
+    workflow's fit params too), the phase, the items, their init files and the learned init's content."""
+    cfg = dataset_config(dataset_cfg)
+    payload = {"settings": cfg.inr_settings(), "phase": phase, "index": [int(i) for i in items["index"]],
                "init": [str(p) for p in items["init"]] if "init" in items else [],
-               "learned_init": learned_init.init_file_sha256(dataset_cfg.get("model") or {})}
+               "learned_init": learned_init.init_file_sha256(cfg.model.to_dict())}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -199,33 +189,33 @@ def _verify_group(path: Path, fp: str, items: pd.DataFrame, shapes: Mapping[str,
     return inr, ""
 
 
-def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], Any], dataset_cfg: Mapping[str, Any],
+def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], Any],
+              dataset_cfg: DatasetConfig | Mapping[str, Any],
               workdir: str | Path, phase: str, *, dataset: str = "", stop: StopControl | None = None,
               device: torch.device | str | None = None) -> ShardOutput:
     """Fit ``items`` (manifest rows; refinement phases also need an ``init`` column naming each item's weights
     file) as one stream through ``fit.batch_size`` slots, reusing finished groups from ``workdir``.
 
-    A stop request (signal, deadline) saves the in-flight state and raises ``engine.FitInterrupted``.
+    A stop request (signal, deadline) saves the in-flight state and raises ``FitInterrupted``.
     """
-    if phase not in PHASES:
-        raise IzooError(f"unknown phase {phase!r}", None, f"use one of {', '.join(PHASES)}")
-    missing = [c for c in MANIFEST_COLUMNS if c not in items.columns]
+    if phase not in layout.PHASES:
+        raise IzooError(f"unknown phase {phase!r}", None, f"use one of {', '.join(layout.PHASES)}")
+    missing = [c for c in manifest.COLUMNS if c not in items.columns]
     if missing:
         raise IzooError(f"item table lacks manifest columns {missing}", None, "pass rows of results/{ds}/manifest.csv")
     if phase != "basic" and "init" not in items.columns:
         raise IzooError(f"phase {phase} needs each item's init weights file", None, "fit refinement jobs from a plan")
     items = items.reset_index(drop=True)
-    fit_cfg = fit_config(dataset_cfg.get("fit"))
-    model_cfg = dict(dataset_cfg.get("model") or {"family": "siren"})
-    family = get_family(str(model_cfg.get("family", "siren")))(model_cfg, fit_cfg)
+    dataset_cfg = dataset_config(dataset_cfg)
+    fit_cfg = dataset_cfg.fit.to_dict()
+    family = get_family(dataset_cfg.model.family)(dataset_cfg.model.to_dict(), fit_cfg)
     if getattr(family, "learned_init", None) is not None:
         family.learned_init.check_dataset(dataset)
-    settings = phase_settings(fit_cfg, phase)
-    seed_cfg = dict(dataset_cfg.get("seed") or {})
-    seed_mode, seed_base = str(seed_cfg.get("mode", "shared")), int(seed_cfg.get("value", 42))
-    recipe = str(dataset_cfg.get("recipe") or "")   # recorded in the weight files (izoo.fitting.recipes)
+    settings = phase_settings(dataset_cfg.fit, phase)
+    seed_mode, seed_base = dataset_cfg.seed.mode, dataset_cfg.seed.value
+    recipe = dataset_cfg.recipe or ""   # recorded in the weight files (izoo.fitting.recipes)
     device = torch.device(device) if device is not None else default_device(fit_cfg)
-    batch_size = max(int(fit_cfg["batch_size"]), 1)
+    batch_size = dataset_cfg.fit.batch_size
     names = list(family.param_shapes())
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -248,9 +238,9 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         if ckpt.load() is not None:
             emit(f"{len(items) - done} items in flight or not started")
         if should_stop():
-            raise engine.FitInterrupted("stop requested before fitting")
+            raise FitInterrupted("stop requested before fitting")
         samples = [load_sample(row) for row in items.to_dict("records")]
-        seeds = siren.item_seeds(seed_mode, seed_base, items["index"].tolist())
+        seeds = item_seeds(seed_mode, seed_base, items["index"].tolist())
         prev_iters = np.zeros(len(items), dtype=np.int64)
         prev_secs = np.zeros(len(items), dtype=np.float64)
         init = None
@@ -259,7 +249,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         attrs = _file_attrs(family, fit_cfg, settings, dataset, phase, seed_mode, device, items, recipe)
         attrs["work_fingerprint"] = fp
 
-        def write_group(part: BatchFit) -> None:
+        def write_group(part: FitResult) -> None:
             k = int(ckpt.meta.get("groups", 0))
             pos = part.positions
             rows = items.iloc[pos].reset_index(drop=True)
@@ -286,7 +276,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
                 emit(line)
                 meter.add(part.psnr.tolist(), int(part.passed.sum()), fitted=True)
 
-        unannounced: list[tuple[str, BatchFit]] = []
+        unannounced: list[tuple[str, FitResult]] = []
         ckpt.after_save = announce
 
         ckpt.meta.setdefault("groups", len(groups))
@@ -294,7 +284,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         try:
             family.fit_batch(samples, init, seeds, settings, device, ckpt, meter.step, slots=batch_size,
                              on_group=write_group)
-        except engine.FitInterrupted:
+        except FitInterrupted:
             emit(f"job interrupted ({stop.reason if stop else 'stop requested'}); "
                  f"{ckpt.meta.get('groups', 0)} finished group(s) kept, in-job checkpoint saved to {ckpt.path}")
             raise
@@ -340,7 +330,7 @@ def _reusable_groups(workdir: Path, ckpt: BatchCheckpoint, fp: str, items: pd.Da
 def _file_attrs(family: Any, fit_cfg: Mapping[str, Any], settings: Any, dataset: str, phase: str, seed_mode: str,
                 device: torch.device, items: pd.DataFrame, recipe: str) -> dict[str, Any]:
     splits = sorted(set(items["split"].astype(str))) if len(items) else []
-    tf32 = bool(fit_cfg.get("tf32", True)) and torch.device(device).type == "cuda"
+    tf32 = bool(fit_cfg["tf32"]) and torch.device(device).type == "cuda"
     return layout.base_attrs(family.name, family.architecture(), **family.file_attrs(),
                              fitting={**dict(fit_cfg), "phase_settings": settings.to_dict()},
                              gate_psnr=float(settings.gate_psnr), seed_mode=seed_mode, device=str(device),

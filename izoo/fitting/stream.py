@@ -1,6 +1,6 @@
 """Continuous batching: a job's items stream through a fixed number of slots, each at its own step.
 
-``StreamFit`` is the model-agnostic part of the batched fitters (SIREN in ``izoo.fitting.engine``, NeRF in
+``StreamFit`` is the model-agnostic part of the batched fitters (SIREN in ``izoo.siren.engine``, NeRF in
 ``izoo.nerf.fitting``). It keeps at most ``slots`` items training at once; an item leaves its slot at the first
 check at which the phase lets it stop (gate passed after ``min_steps``, stalled, or its step budget spent), and
 the next unstarted item of the job takes the slot at step 0. Every slot carries its own step counter, so its
@@ -49,9 +49,14 @@ class FitInterrupted(Exception):
 
 @dataclass
 class FitResult:
-    """Per-item outcome of one phase for a set of items (arrays in ``positions`` order, tensors on the CPU)."""
+    """Per-item outcome of one phase for a set of items (arrays in ``positions`` order, tensors on the CPU).
 
-    params: Any                # family form: SIREN list [w0, b0, ...], NeRF dict name -> tensor; stacked over items
+    A stream (``StreamFit.run``) returns ``params`` in its family's form and ``positions`` in the stream's job;
+    a family's ``fit_batch`` (``izoo.fitting.batch``) returns ``params`` by name (numpy) and ``positions`` in its
+    sample list.
+    """
+
+    params: Any                # stacked over items: SIREN list [w0, b0, ...], NeRF dict, or name -> ndarray
     psnr_before: np.ndarray    # float32, PSNR of the initial weights
     psnr: np.ndarray           # float32, PSNR of the returned weights
     iterations: np.ndarray     # int64, steps this item took in this phase

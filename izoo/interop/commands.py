@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     zoo.set_defaults(func=_import_main)
 
     from izoo.interop.export import FORMATS
-    from izoo.models.siren import COORDINATE_CONVENTIONS
+    from izoo.siren.model import COORDINATE_CONVENTIONS
 
     exp = subparsers.add_parser("export", help="write an archive's SIRENs as state dicts or fit-a-nef HDF5",
                                 description="Export a SIREN archive for weight-space learning code, with "

@@ -33,7 +33,7 @@ from izoo.atomic import atomic_path, ensure_free_space
 from izoo.datasets.manifest import csv_bytes
 from izoo.errors import IzooError
 from izoo.interop.implicit_zoo import state_dict_key
-from izoo.models import siren
+from izoo.siren import model as siren
 
 log = logging.getLogger(__name__)
 

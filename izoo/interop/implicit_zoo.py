@@ -42,7 +42,7 @@ from izoo.datasets.base import BadItem
 from izoo.datasets.manifest import BAD_COLUMNS, COLUMNS, csv_bytes, shard_id
 from izoo.errors import BadItemError, IzooError
 from izoo.metrics import psnr as psnr_db
-from izoo.models import siren
+from izoo.siren import model as siren
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def _measure(block: list[_Loaded], spec: siren.SirenSpec, source: Any, device: t
 
 def _attrs(spec: siren.SirenSpec, chosen: list[Checkpoint], n_items: int, split: str, dataset: str | None,
            source_cfg: Mapping[str, Any] | None, gate_psnr: float, roots: list[str]) -> dict[str, Any]:
-    from izoo.fitting.families import SirenFamily  # the family that owns the architecture/normalisation attributes
+    from izoo.siren.family import SirenFamily  # the family that owns the architecture/normalisation attributes
 
     family = SirenFamily(spec.to_dict())
     seeds = {c.seed for c in chosen}

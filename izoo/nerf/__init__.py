@@ -1,9 +1,9 @@
 """NeRF family of izoo: model, volume rendering, batched fitting with quality control, scene filtering.
 
-Importing this package registers the ``nerf`` model family with ``izoo.fitting.families``.
+The ``nerf`` model family registers itself with ``izoo.fitting.families`` when ``izoo.nerf.family`` is imported
+(``get_family("nerf")`` does that on first use).
 """
 
-from izoo.nerf import family as _family  # noqa: F401  (registers the "nerf" family)
 from izoo.nerf.model import NerfSpec, init_params, query
 from izoo.nerf.render import get_rays, query_grid, render_image, render_rays
 

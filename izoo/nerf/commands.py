@@ -84,7 +84,7 @@ def cmd_render_nerf(args: argparse.Namespace) -> int:
         height = width = size if size else None
         if size is None:
             height, width = cam["height"], cam["width"]
-        image = arc.render(index, pose, height, width, cam["focal"] * width / cam["width"])
+        image = arc.render_pose(index, pose, height, width, cam["focal"] * width / cam["width"])
     out = Path(args.out)
     with atomic_path(out) as tmp:
         Image.fromarray((image.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from izoo.errors import IzooError
-from izoo.fitting.families import BatchCheckpoint, BatchFit, fit_in_streams, register_family, same_size_units
-from izoo.fitting.phases import PhaseSettings, fit_config
-from izoo.fitting.stream import ProgressFn
+from izoo.fitting.batch import BatchCheckpoint, fit_in_streams, same_size_units
+from izoo.fitting.families import register_family
+from izoo.fitting.phases import PhaseSettings, as_fit_config
+from izoo.fitting.stream import FitResult, ProgressFn
 from izoo.nerf import model
 from izoo.nerf.fitting import NerfBatchFit, RenderSettings
 from izoo.nerf.model import CAMERA_CONVENTION, NerfSpec
@@ -39,7 +40,7 @@ class NerfFamily:
             self.spec = NerfSpec.from_dict(cfg)
         except ValueError as exc:
             raise IzooError(f"bad model config: {exc}", "config.yaml", "fix the dataset's model: section") from exc
-        self.fit_cfg = fit_config(fit_cfg)
+        self.fit_cfg = as_fit_config(fit_cfg).to_dict()
         self.render = RenderSettings.from_fit_config(self.fit_cfg)
         self.archived_views = int(self.fit_cfg.get("archived_views", DEFAULT_ARCHIVED_VIEWS))
 
@@ -96,7 +97,7 @@ class NerfFamily:
     def fit_batch(self, samples: Sequence[Any], init_params: Mapping[str, np.ndarray] | None, seeds: Sequence[int],
                   settings: PhaseSettings, device: torch.device | str, checkpoint: BatchCheckpoint | None = None,
                   progress: ProgressFn | None = None, slots: int | None = None,
-                  on_group: Callable[[BatchFit], None] | None = None) -> BatchFit | None:
+                  on_group: Callable[[FitResult], None] | None = None) -> FitResult | None:
         """Fit the samples' scenes, one stream per image size, ``slots`` at a time; resumable inside a scene."""
         scenes = [self._scene(s) for s in samples]
         init = init_params if init_params is not None else self.init(seeds)

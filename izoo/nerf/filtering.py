@@ -8,9 +8,10 @@ from typing import Sequence
 
 import pandas as pd
 
+from izoo.archive.layout import PHASES
 from izoo.errors import IzooError
 
-PHASE_ORDER = {"basic": 0, "extended": 1, "until_threshold": 2}
+PHASE_ORDER = {phase: order for order, phase in enumerate(PHASES)}
 REASON_BELOW_GATE = "below_gate"
 REASON_SMALL_CLASS = "small_class"
 

@@ -30,8 +30,6 @@ scene's draws do not depend on the other scenes of its batch (the family keys sc
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -52,9 +50,6 @@ log = logging.getLogger(__name__)
 WHITE_THRESHOLD = 0.99
 #: mixes scene key and step into per-step seeds (a large odd constant keeps the combinations apart)
 _STEP_MIX = 1_000_003
-
-
-
 
 
 @dataclass(frozen=True)

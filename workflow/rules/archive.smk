@@ -11,7 +11,7 @@ rule merge:
     output:
         f"{R}/{{ds}}/archive/{{split}}.h5",
     params:
-        virtual=lambda w: "--virtual" if ds_cfg(w.ds)["archive"]["virtual"] else "",
+        virtual=lambda w: "--virtual" if ds_cfg(w.ds).archive.virtual else "",
     log:
         f"{L}/{{ds}}/merge_{{split}}.log",
     conda:

@@ -3,24 +3,24 @@
 import json
 import sys
 
+from izoo.archive.layout import PHASES
 from izoo.benchmarks.pose.variants import pose_training_jobs
-from izoo.config import dataset_json, enabled_datasets, validate_config
+from izoo.config import PipelineConfig
+from izoo.datasets.manifest import load_shards_info
 from izoo.errors import IzooError
+from izoo.fitting.refine import read_plan
 
-try:
-    CFG = validate_config(config, source="config (config.yaml + --configfile/--config overrides)")
+try:   # parsed once: every rule reads this frozen, typed, defaults-filled object
+    CFG = PipelineConfig.parse(config, source="config (config.yaml + --configfile/--config overrides)")
 except IzooError as _err:
     sys.exit(f"izoo: {_err}")
 
-R = CFG["results"]
-W = CFG["workdir"]
-L = CFG["logs"]
-DATASETS = enabled_datasets(CFG)
-BENCHMARKS = [name for name, b in CFG["benchmarks"].items() if b["enabled"]]
-REFINE_PHASES = ["extended", "until_threshold"]
-# keys that do not change what a fitted INR is; left out of the fit jobs' params so that editing
-# them does not trigger refits
-_NOT_FIT_KEYS = {"enabled", "refine_job_size", "min_scenes_per_class", "archive", "shard_size", "demo"}
+R = CFG.results
+W = CFG.workdir
+L = CFG.logs
+DATASETS = CFG.enabled_datasets()
+BENCHMARKS = CFG.enabled_benchmarks()
+REFINE_PHASES = list(PHASES[1:])
 
 
 wildcard_constraints:
@@ -31,31 +31,31 @@ wildcard_constraints:
 
 
 def ds_cfg(ds):
-    return CFG["datasets"][ds]
+    return CFG.datasets[ds]
 
 
 def ds_json(ds):
     """The dataset's config as one JSON string for the izoo CLIs."""
-    return dataset_json(CFG, ds)
+    return ds_cfg(ds).to_json()
 
 
 def fit_json(ds):
-    """Only the settings that define a fitted INR (source, model, seed, fit; meta_init and the init file if learned)."""
-    section = {k: v for k, v in ds_cfg(ds).items() if k not in _NOT_FIT_KEYS}
+    """What a fitting job reads (DatasetConfig.fit_job_settings: the INR-defining settings, which the fit
+    fingerprint hashes too, plus the speed-only fit keys), with the init file if learned. As the jobs' params,
+    a change to it refits; editing anything else (shard_size, archive, ...) does not."""
+    section = ds_cfg(ds).fit_job_settings()
     if is_learned(ds):
         section["model"] = {**section["model"], "init_file": learned_init_file(ds)}
-    else:
-        section.pop("meta_init", None)
     return json.dumps(section, sort_keys=True, separators=(",", ":"))
 
 
 def is_learned(ds):
-    return ds_cfg(ds)["model"].get("init") == "learned"
+    return ds_cfg(ds).is_learned
 
 
 def learned_init_file(ds):
     """The init file every item of ``ds`` starts from: model.init_file if given, else the meta_init rule's output."""
-    return ds_cfg(ds)["model"].get("init_file") or f"{R}/{ds}/meta_init/init.h5"
+    return ds_cfg(ds).model.init_file or f"{R}/{ds}/meta_init/init.h5"
 
 
 def learned_init_inputs(wildcards):
@@ -64,12 +64,12 @@ def learned_init_inputs(wildcards):
 
 def meta_init_benchmarks(ds):
     """The meta_init job's timing, counted in the dataset's device-hours (none with a ready model.init_file)."""
-    made_here = is_learned(ds) and not ds_cfg(ds)["model"].get("init_file")
+    made_here = is_learned(ds) and not ds_cfg(ds).model.init_file
     return [f"{L}/{ds}/meta_init.benchmark.tsv"] if made_here else []
 
 
 def is_nerf(ds):
-    return ds_cfg(ds)["model"]["family"] == "nerf"
+    return ds_cfg(ds).model.family == "nerf"
 
 
 def runtime_arg(wildcards, resources):
@@ -80,8 +80,7 @@ def runtime_arg(wildcards, resources):
 
 def manifest_info(ds):
     """shards.json of the dataset (waits for the manifest checkpoint)."""
-    with open(checkpoints.manifest.get(ds=ds).output.shards) as fh:
-        return json.load(fh)
+    return load_shards_info(checkpoints.manifest.get(ds=ds).output.shards)
 
 
 def shard_ids(ds, split=None):
@@ -98,9 +97,8 @@ def basic_files(ds, ext, split=None):
 
 
 def refine_plan(ds, phase):
-    checkpoint_rule = getattr(checkpoints, f"plan_{phase}")
-    with open(checkpoint_rule.get(ds=ds).output.plan) as fh:
-        return json.load(fh)
+    """The refinement plan of ``phase`` (waits for its checkpoint; izoo.fitting.refine owns the file)."""
+    return read_plan(getattr(checkpoints, f"plan_{phase}").get(ds=ds).output.plan)
 
 
 def checkpoint_files(wildcards, upto="until_threshold"):
@@ -111,7 +109,7 @@ def checkpoint_files(wildcards, upto="until_threshold"):
     """
     ds = wildcards.ds
     files = [f"{R}/{ds}/shards.json"]
-    for phase in REFINE_PHASES[: ["basic", *REFINE_PHASES].index(upto)]:
+    for phase in REFINE_PHASES[: PHASES.index(upto)]:
         files.append(f"{R}/{ds}/fit/{phase}/plan.json")
     return files
 
@@ -147,7 +145,7 @@ def archive_files(ds):
 
 
 def demo_marker(ds):
-    return [f"{CFG['demo_data']['out']}/.izoo-demo-complete"] if ds_cfg(ds)["demo"] else []
+    return [f"{CFG.demo_data.out}/.izoo-demo-complete"] if ds_cfg(ds).demo else []
 
 
 def dataset_targets(wildcards=None):
@@ -164,20 +162,21 @@ def dataset_targets(wildcards=None):
 
 
 def bench_cfg(name):
-    return CFG["benchmarks"][name]
+    """One benchmark's section as a plain dict (workflow/rules/benchmarks.smk reads it by key)."""
+    return CFG.benchmarks[name].to_dict()
 
 
 def bench_runs(name):
-    b = bench_cfg(name)
-    if b["task"] == "pose":
+    b = CFG.benchmarks[name]
+    if b.task == "pose":
         return [f"{R}/benchmarks/{name}/pose-{variant}-{tok}-seed{seed}.json"
-                for variant in pose_training_jobs(b["variants"]) for tok in b["tokenizers"] for seed in b["seeds"]]
-    return [f"{R}/benchmarks/{name}/{tok}-seed{seed}.json" for tok in b["tokenizers"] for seed in b["seeds"]]
+                for variant in pose_training_jobs(list(b.variants)) for tok in b.tokenizers for seed in b.seeds]
+    return [f"{R}/benchmarks/{name}/{tok}-seed{seed}.json" for tok in b.tokenizers for seed in b.seeds]
 
 
 def bench_name_pattern(tasks):
     """Wildcard regex matching the enabled benchmarks of the given tasks (matches nothing when none)."""
-    names = [n for n in BENCHMARKS if bench_cfg(n)["task"] in tasks]
+    names = [n for n in BENCHMARKS if CFG.benchmarks[n].task in tasks]
     return "|".join(names) if names else "(?!)"
 
 

@@ -4,11 +4,11 @@
 rule demo_data:
     """Generate the embedded demo data (CIFAR-format, Cityscapes-format, NeRF scenes) in official layouts."""
     output:
-        touch(f"{CFG['demo_data']['out']}/.izoo-demo-complete"),
+        touch(f"{CFG.demo_data.out}/.izoo-demo-complete"),
     params:
-        out=CFG["demo_data"]["out"],
-        seed=CFG["demo_data"]["seed"],
-        n=CFG["demo_data"]["n_per_class"],
+        out=CFG.demo_data.out,
+        seed=CFG.demo_data.seed,
+        n=CFG.demo_data.n_per_class,
     log:
         f"{L}/demo_data.log",
     conda:

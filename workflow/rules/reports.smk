@@ -49,8 +49,8 @@ rule filter_scenes:
         kept=f"{R}/{{ds}}/reports/kept_scenes.csv",
         dropped=report(f"{R}/{{ds}}/reports/dropped_scenes.csv", category="Scene filter", labels={"dataset": "{ds}"}),
     params:
-        gate=lambda w: ds_cfg(w.ds)["fit"]["gate_psnr"],
-        min_per_class=lambda w: ds_cfg(w.ds)["min_scenes_per_class"],
+        gate=lambda w: ds_cfg(w.ds).fit.gate_psnr,
+        min_per_class=lambda w: ds_cfg(w.ds).min_scenes_per_class,
     log:
         f"{L}/{{ds}}/filter_scenes.log",
     conda:

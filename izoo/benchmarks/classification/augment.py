@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import kornia.enhance as ke
 import torch
 
-from izoo.models import siren
+from izoo.siren import model as siren
 
 GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "cutout")
 COLOUR_OPS = ("autocontrast", "equalize", "solarize", "colour_balance", "invert", "contrast", "brightness",

@@ -11,7 +11,7 @@ import torch
 
 import izoo.archive
 from izoo.errors import IzooError
-from izoo.models import siren
+from izoo.siren import model as siren
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from izoo.benchmarks.classification.augment import OPS, RandAugmentINR, query_au
 from izoo.benchmarks.classification.settings import INPUT_NORMS, MODEL_NAMES, ClassificationSettings
 from izoo.benchmarks.tokenizers import TOKENIZERS, CoordinateTokenizer
 from izoo.errors import IzooError
-from izoo.models import siren
+from izoo.siren import model as siren
 
 log = logging.getLogger(__name__)
 

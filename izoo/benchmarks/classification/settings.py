@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from izoo.benchmarks.classification.augment import OPS
 from izoo.errors import IzooError
 from izoo.jsonargs import json_file_of, settings_from_json
-from izoo.models import siren
+from izoo.siren import model as siren
 
 #: short model names → timm architectures (any other timm ViT name is accepted as is)
 MODEL_NAMES = {

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from izoo.config import schema_names
 from izoo.errors import IzooError
 from izoo.jsonargs import settings_from_json
 
 #: 3D tokenizers of the pose benchmark, in the row order of the paper's Table 5
-POSE_TOKENIZERS = ("uniform", "lc", "lp", "lp_reg")
+POSE_TOKENIZERS = schema_names("pose_tokenizer")
 #: their method names in Table 5 (the paper's "Ours" is the uniform tokenizer)
 DISPLAY_NAMES = {"uniform": "Ours", "lc": "Ours+LC", "lp": "Ours+LP", "lp_reg": "Ours+LP+reg"}
 

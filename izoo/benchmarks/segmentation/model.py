@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from izoo.benchmarks.segmentation.settings import SegSettings
 from izoo.benchmarks.tokenizers import CoordinateTokenizer
 from izoo.errors import IzooError
-from izoo.models import siren
+from izoo.siren import model as siren
 
 
 class SegFormerHead(nn.Module):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from izoo.config import schema_names
 from izoo.jsonargs import settings_from_json
 
 #: tokenizers of the paper's Table 3, in its row order
-SEG_TOKENIZERS = ("uniform", "lc", "lp_reg")
+SEG_TOKENIZERS = schema_names("segmentation_tokenizer")
 #: label-map extras evaluated, with the name of their mIoU column
 LABEL_EXTRAS = {"label_map": "fine", "label_map_coarse": "coarse"}
 

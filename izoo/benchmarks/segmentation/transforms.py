@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from izoo.models import siren
+from izoo.siren import model as siren
 
 
 def hflip_params(params: siren.Params, flip: torch.Tensor) -> siren.Params:

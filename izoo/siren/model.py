@@ -118,15 +118,6 @@ def init_params(spec: SirenSpec, seeds: Sequence[int], device: torch.device | st
     return [torch.stack([p[k] for p in per_item]).to(device) for k in range(2 * spec.depth)]
 
 
-def item_seeds(mode: str, base_seed: int, indices: Sequence[int]) -> list[int]:
-    """Seeds for items: ``shared`` gives every item ``base_seed``; ``per_item`` gives ``base_seed + manifest index``."""
-    if mode == "shared":
-        return [int(base_seed)] * len(indices)
-    if mode == "per_item":
-        return [int(base_seed) + int(i) for i in indices]
-    raise ValueError(f"seed mode must be 'shared' or 'per_item' (got {mode!r})")
-
-
 def check_convention(convention: str) -> str:
     """``convention`` if it is a known coordinate convention, else ``ValueError``."""
     if convention not in COORDINATE_CONVENTIONS:

@@ -14,24 +14,20 @@ per-image ``nn.MSELoss`` fit uses); the batch loss is the SUM over items, so eac
 own. PSNR is measured on de-normalised, clamped [0, 1] pixels. Items that stop early (gate reached, stalled)
 are removed from the batch at the next check, so they stop costing compute.
 
-The output of the fitted parameters equals ``izoo.models.siren.forward`` (tested).
+The output of the fitted parameters equals ``izoo.siren.model.forward`` (tested).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from izoo.fitting.phases import PhaseSettings
-from izoo.fitting.stream import (ADAM_BETAS, ADAM_EPS, FitInterrupted, FitResult, FlatLayout, ProgressFn, StreamFit,
-                                 is_out_of_memory)
-from izoo.models import siren
-from izoo.models.siren import Params, SirenSpec
+from izoo.fitting.stream import ADAM_BETAS, ADAM_EPS, FitResult, FlatLayout, ProgressFn, StreamFit, is_out_of_memory
+from izoo.siren import model as siren
+from izoo.siren.model import Params, SirenSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +37,7 @@ COMPILE_MIN_WORK = 2.0e10
 #: bytes of one activation tensor per CPU chunk (16 CIFAR-sized items at width 64): the few activations a step
 #: keeps then fit the last-level cache instead of streaming through DRAM
 CPU_CHUNK_BYTES = 4 << 20
+
 
 # --------------------------------------------------------------------------------------------- the training step
 
@@ -284,44 +281,3 @@ def fit_images(images01: torch.Tensor, spec: SirenSpec, settings: PhaseSettings,
         fitter.load_state(resume_state)
     return fitter.run(should_stop=should_stop, on_checkpoint=on_checkpoint, progress=progress)
 
-
-@dataclass
-class PhasedResult:
-    """Per-item outcome of the three phases run in memory (``fit_all_phases``)."""
-
-    params: Params
-    psnr: np.ndarray
-    iterations: np.ndarray   # summed over phases
-    seconds: np.ndarray
-    phase: np.ndarray        # last phase that trained the item
-    passed: np.ndarray
-
-
-def fit_all_phases(images01: torch.Tensor, spec: SirenSpec, fit_cfg: dict | None = None,
-                   seeds: Sequence[int] | None = None, device: torch.device | str = "cpu",
-                   use_compile: bool | str = "auto") -> PhasedResult:
-    """basic on every item, extended on items below the gate, until_threshold on items still below it."""
-    from izoo.fitting.phases import PHASES, phase_settings
-
-    n = images01.shape[0]
-    res = fit_images(images01, spec, phase_settings(fit_cfg, "basic"), seeds=seeds, device=device,
-                     use_compile=use_compile)
-    params = [p.clone() for p in res.params]
-    psnr, iters, secs = res.psnr.copy(), res.iterations.copy(), res.seconds.copy()
-    phase = np.array(["basic"] * n, dtype=object)
-    passed = res.passed.copy()
-    for name in PHASES[1:]:
-        failing = np.flatnonzero(~passed)
-        if len(failing) == 0:
-            break
-        sel = torch.as_tensor(failing)
-        sub = fit_images(images01[sel], spec, phase_settings(fit_cfg, name), init=[p[sel] for p in params],
-                         device=device, use_compile=use_compile)
-        for k, p in enumerate(sub.params):
-            params[k][sel] = p
-        psnr[failing], passed[failing] = sub.psnr, sub.passed
-        iters[failing] += sub.iterations
-        secs[failing] += sub.seconds
-        phase[failing] = name
-    return PhasedResult(params=params, psnr=psnr, iterations=iters, seconds=secs, phase=phase.astype(str),
-                        passed=passed)

@@ -1,1 +1,0 @@
-"""INR model families (SIREN for 2D, NeRF for 3D)."""
