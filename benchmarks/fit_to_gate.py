@@ -45,7 +45,7 @@ from izoo.datasets import open_source
 from izoo.datasets.demo import make_cifar10
 from izoo.siren import engine
 from izoo.fitting.phases import phase_settings
-from izoo.fitting.recipes import RECIPES
+from izoo.recipes import RECIPES
 from izoo.siren import model as siren
 
 REPO = Path(__file__).resolve().parent.parent

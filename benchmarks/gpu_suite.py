@@ -45,7 +45,7 @@ from izoo.fitting.stream import FitResult
 from izoo.siren import engine
 from izoo.siren.family import SirenFamily
 from izoo.fitting.phases import phase_settings
-from izoo.fitting.recipes import RECIPES
+from izoo.recipes import RECIPES
 from izoo.siren import model as siren
 
 CIFAR = siren.SirenSpec(depth=3, width=64, w0=30.0)

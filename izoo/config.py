@@ -27,10 +27,12 @@ from typing import Any, Iterator, Mapping, TypeVar
 import yaml
 
 from izoo.errors import IzooError
-from izoo.fitting.recipes import DEFAULT_RECIPE, RECIPES
+from izoo.recipes import DEFAULT_RECIPE, RECIPES
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA_NAME = "workflow/schemas/config.schema.yaml"
+#: split names that are held out by convention (never meta-learned from), whatever the benchmarks say
+HELD_OUT_SPLITS = ("val", "validation", "test")
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
@@ -247,7 +249,6 @@ def _check_learned_init(name: str, ds: Mapping[str, Any], config: Mapping[str, A
     """``model.init: learned`` needs a SIREN and a meta-init split that no benchmark holds out."""
     if ds["model"].get("init") != "learned":
         return
-    from izoo.fitting.learned_init import HELD_OUT_SPLITS  # only then: it imports the fitting package (torch)
 
     if ds["model"]["family"] != "siren":
         raise IzooError(f"datasets.{name}.model.init: learned needs family siren (got {ds['model']['family']!r})",
@@ -280,7 +281,7 @@ def load_config(*paths: str | Path) -> dict:
 
 
 def resolve_recipe(dataset_cfg: Mapping[str, Any], source: str = "config.yaml") -> dict[str, Any]:
-    """The dataset config with its recipe's defaults (``izoo.fitting.recipes``) filled in under what it sets itself
+    """The dataset config with its recipe's defaults (``izoo.recipes``) filled in under what it sets itself
     (idempotent); only 2D SIREN datasets have recipes."""
     cfg = copy.deepcopy(dict(dataset_cfg))
     name = cfg.get("recipe", DEFAULT_RECIPE)

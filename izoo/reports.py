@@ -25,7 +25,7 @@ from izoo.config import DatasetConfig, dataset_config
 from izoo.datasets.manifest import SHARDS_FILE, load_shards_info
 from izoo.errors import IzooError
 from izoo.fitting import psnr_report
-from izoo.fitting.recipes import DEFAULT_RECIPE
+from izoo.recipes import DEFAULT_RECIPE
 
 PSNR_NOTE = {
     "siren": "PSNR in dB on de-normalised [0, 1] pixels",

@@ -13,7 +13,7 @@ from izoo.config import load_config, resolve_recipe
 from izoo.errors import IzooError
 from izoo.siren import engine
 from izoo.fitting.phases import phase_settings
-from izoo.fitting.recipes import RECIPES
+from izoo.recipes import RECIPES
 from izoo.siren import model as siren
 
 

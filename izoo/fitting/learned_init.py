@@ -42,8 +42,6 @@ LEARNED = "learned"
 #: architecture keys an init file must agree on with the dataset's model (``init`` names the random init
 #: meta-learning started from and is free to differ)
 ARCHITECTURE_KEYS = ("family", "depth", "width", "w0", "in_features", "out_features", "layer_shapes")
-#: split names that are held out by convention (never meta-learned from), whatever the benchmarks say
-HELD_OUT_SPLITS = ("val", "validation", "test")
 
 
 @dataclass

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from izoo.atomic import atomic_path
-from izoo.config import DatasetConfig, FitConfig, dataset_config, filled_section
+from izoo.config import HELD_OUT_SPLITS, DatasetConfig, FitConfig, dataset_config, filled_section
 from izoo.errors import IzooError
 from izoo.fitting import learned_init
 from izoo.fitting.device import default_device
@@ -65,7 +65,7 @@ class MetaInitSettings:
     def from_config(cls, section: Mapping[str, Any] | None) -> "MetaInitSettings":
         """The dataset's ``meta_init:`` section with the schema's defaults filled (a bad value is a one-line error)."""
         merged = filled_section("meta_init", section)
-        if str(merged["split"]) in learned_init.HELD_OUT_SPLITS:
+        if str(merged["split"]) in HELD_OUT_SPLITS:
             raise IzooError(f"meta_init.split is {merged['split']!r}, a held-out split", "config.yaml",
                             "meta-learn from the train split (held-out items must stay unseen)")
         return cls(**{**merged, "outer_lr": float(merged["outer_lr"])})

@@ -213,7 +213,7 @@ def fit_shard(items: pd.DataFrame, load_sample: Callable[[Mapping[str, Any]], An
         family.learned_init.check_dataset(dataset)
     settings = phase_settings(dataset_cfg.fit, phase)
     seed_mode, seed_base = dataset_cfg.seed.mode, dataset_cfg.seed.value
-    recipe = dataset_cfg.recipe or ""   # recorded in the weight files (izoo.fitting.recipes)
+    recipe = dataset_cfg.recipe or ""   # recorded in the weight files (izoo.recipes)
     device = torch.device(device) if device is not None else default_device(fit_cfg)
     batch_size = dataset_cfg.fit.batch_size
     names = list(family.param_shapes())
