@@ -110,7 +110,8 @@ def test_three_phases_through_the_shard_driver_refine_only_failing_items(tmp_pat
                              "shard": ["train-00000"] * n})
     load = lambda row: types.SimpleNamespace(item_id=row["item_id"], label=0, image=images[int(row["index"])],  # noqa: E731
                                              label_map=None)
-    cfg = {"model": {"family": "siren", "depth": 3, "width": 16, "w0": 30, "init": "siren"},
+    cfg = {"source": {"format": "folder", "root": "items-come-from-the-loader"},
+           "model": {"family": "siren", "depth": 3, "width": 16, "w0": 30, "init": "siren"},
            "seed": {"mode": "shared", "value": 42},
            "fit": {"iterations": 60, "check_every": 10, "gate_psnr": 35.0, "lr": 1e-2, "lr_min": 1e-4,
                    "device": "cpu", "compile": "off", "extended": {"factor": 2, "patience": 20, "min_delta": 0.05},

@@ -18,6 +18,11 @@ from izoo.errors import IzooError
 from izoo.nerf.model import NerfParams, NerfSpec
 from izoo.nerf.render import DEFAULT_GRID_BOUND, query_grid, render_image
 
+#: ``/extras`` names of each scene's held-out cameras, written by the ``nerf`` family and read here and by the pose
+#: benchmark: poses ``[K, 4, 4]`` (NaN-padded), their view indices (-1 padded), focal, image height and width, class
+CAMERA_EXTRAS = {"poses": "test_poses", "view_index": "test_view_index", "focal": "focal", "height": "height",
+                 "width": "width", "class_name": "class_name"}
+
 
 def spec_from_attrs(attrs: Mapping[str, Any]) -> NerfSpec:
     """The ``NerfSpec`` of the ``architecture`` attribute."""
@@ -52,11 +57,11 @@ class NerfArchive(InrArchive):
     def camera(self, i: int) -> dict[str, Any]:
         """Held-out cameras of item ``i``: ``poses [K, 4, 4]`` (padding removed), ``view_index``, ``focal``, ``height``,
         ``width``, ``class_name``, ``label``."""
-        one = lambda name: self.extras(name, [i])[0]  # noqa: E731
-        view_index = one("test_view_index")
+        one = lambda key: self.extras(CAMERA_EXTRAS[key], [i])[0]  # noqa: E731
+        view_index = one("view_index")
         keep = view_index >= 0
-        name = one("class_name") if "class_name" in self.extra_names else b""
-        return {"poses": torch.from_numpy(one("test_poses")[keep]), "view_index": view_index[keep],
+        name = one("class_name") if CAMERA_EXTRAS["class_name"] in self.extra_names else b""
+        return {"poses": torch.from_numpy(one("poses")[keep]), "view_index": view_index[keep],
                 "focal": float(one("focal")), "height": int(one("height")), "width": int(one("width")),
                 "class_name": name.decode() if isinstance(name, bytes) else str(name),
                 "label": int(self.labels[i])}

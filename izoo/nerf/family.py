@@ -20,12 +20,11 @@ from izoo.fitting.families import register_family
 from izoo.fitting.phases import PhaseSettings, as_fit_config
 from izoo.fitting.stream import FitResult, ProgressFn
 from izoo.nerf import model
+from izoo.nerf.archive import CAMERA_EXTRAS
 from izoo.nerf.fitting import NerfBatchFit, RenderSettings
 from izoo.nerf.model import CAMERA_CONVENTION, NerfSpec
 
 DEFAULT_ARCHIVED_VIEWS = 4
-#: ``/extras`` names of each scene's held-out cameras (``extras``): poses ``[K, 4, 4]`` (NaN-padded), focal, image width
-CAMERA_EXTRAS = {"poses": "test_poses", "focal": "focal", "width": "width"}
 CLASS_NAME_BYTES = 64
 
 
@@ -90,8 +89,9 @@ class NerfFamily:
             views[i, :len(held)] = held
             focal[i], height[i], width[i] = float(scene.focal), int(scene.height), int(scene.width)
             class_name[i] = str(getattr(scene, "class_name", "")).encode()[:CLASS_NAME_BYTES]
-        return {"test_poses": poses, "test_view_index": views, "focal": focal, "height": height, "width": width,
-                "class_name": class_name}
+        values = {"poses": poses, "view_index": views, "focal": focal, "height": height, "width": width,
+                  "class_name": class_name}
+        return {CAMERA_EXTRAS[key]: value for key, value in values.items()}
 
     # ----- fitting
     def fit_batch(self, samples: Sequence[Any], init_params: Mapping[str, np.ndarray] | None, seeds: Sequence[int],

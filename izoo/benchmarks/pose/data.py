@@ -15,7 +15,7 @@ import torch
 from izoo.archive.reader import InrArchive
 from izoo.benchmarks.pose.settings import PoseSettings
 from izoo.errors import IzooError
-from izoo.nerf.family import CAMERA_EXTRAS
+from izoo.nerf.archive import CAMERA_EXTRAS
 from izoo.nerf.model import NerfSpec
 from izoo.nerf.render import render_views
 from izoo.nerf.synthetic import look_at_pose
