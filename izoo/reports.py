@@ -245,7 +245,7 @@ def summary_table(rows: Sequence[dict]) -> pd.DataFrame:
     """The paper's Table 1 from per-dataset summary rows."""
     return pd.DataFrame([{
         "dataset": r["dataset"],
-        "recipe": r.get("recipe", "paper"),
+        "recipe": r.get("recipe", DEFAULT_RECIPE),   # summary.json files written before recipes existed
         "items": r["items"],
         "scenes kept": _scenes_cell(r),
         "model (depth/width)": r["model"],

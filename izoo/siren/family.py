@@ -31,9 +31,9 @@ class SirenFamily:
         init = str(cfg.get("init", "siren"))
         try:
             # a learned init was meta-learned from the SIREN init; items start from the init file instead
-            self.spec = siren.SirenSpec(depth=int(cfg.get("depth", 3)), width=int(cfg.get("width", 64)),
-                                        w0=float(cfg.get("w0", 30.0)),
-                                        init="siren" if init == learned_init.LEARNED else init)
+            # sizes a caller leaves out take SirenSpec's defaults (the workflow always passes the schema-filled ones)
+            sizes = {k: cast(cfg[k]) for k, cast in (("depth", int), ("width", int), ("w0", float)) if k in cfg}
+            self.spec = siren.SirenSpec(**sizes, init="siren" if init == learned_init.LEARNED else init)
         except ValueError as exc:
             raise IzooError(f"bad model config: {exc}", "config.yaml", "fix the dataset's model: section") from exc
         self.fit = as_fit_config(fit_cfg)
