@@ -465,8 +465,41 @@ def start_snakemake(cluster: SlurmCluster, workdir: Path, args: list[str], log_n
     with open(workdir / log_name, "w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "snakemake", *args], cwd=workdir, env=snakemake_env(cluster),
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_default_sigint,
         )
+
+
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C acts by default, so Python installs its KeyboardInterrupt handler.
+
+    A pytest started in the background by a non-interactive shell (``pytest … &``) has SIGINT ignored, children
+    inherit that, and Python then never turns SIGINT into KeyboardInterrupt: snakemake would not take the Ctrl-C
+    the tests send it and run on to the end.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+#: what snakemake logs once it has taken a Ctrl-C (job_scheduler.py)
+TERMINATING_LINE = "Terminating processes on user request"
+
+
+def interrupt_snakemake(proc: subprocess.Popen, log_path: Path, timeout: float = 180, resend_after: float = 15) -> None:
+    """Ctrl-C a background snakemake, as a user does: again if it has not taken the first one, then wait for it.
+
+    Snakemake 9's log handler swallows a KeyboardInterrupt that arrives while it writes a log record (its
+    ``ColorizingTextHandler.emit`` passes on KeyboardInterrupt), so one SIGINT during a long message (a failed
+    job's log) is lost and the run goes on. It is sent again until the log says snakemake is terminating.
+    """
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGINT)
+        taken_by = time.monotonic() + resend_after
+        while proc.poll() is None and time.monotonic() < min(taken_by, deadline):
+            if TERMINATING_LINE in log_path.read_text(errors="replace"):
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+                return
+            time.sleep(0.5)
+    proc.wait(timeout=1)
 
 
 def run_snakemake(

@@ -7,11 +7,9 @@ same job id; the fitter saves at the SIGTERM and the second run of the job goes 
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
-from slurm_cluster import SlurmCluster, start_snakemake
+from slurm_cluster import SlurmCluster, interrupt_snakemake, start_snakemake
 from test_slurm_workflow import (DATASET, PROFILE_ARGS, RUN_TIMEOUT_S, STOPPED_LINE, Run, _assert_resumed,
                                  _copy_workflow, _slurm_jobs_of_shard, _wait_for, batch_events)
 
@@ -41,9 +39,7 @@ def test_requeued_fitting_job_resumes_from_its_work_dir(slurm_cluster: SlurmClus
         log_at_requeue = run.fit_log_text(SHARD)
         proc.wait(timeout=RUN_TIMEOUT_S)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=180)
+        interrupt_snakemake(proc, log_path)
     text = log_path.read_text(errors="replace")
     assert proc.returncode == 0, text[-6000:]
     assert "stopped: signal SIGTERM" in log_at_requeue and "(exit 75)" in log_at_requeue, log_at_requeue

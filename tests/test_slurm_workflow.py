@@ -31,6 +31,7 @@ import pytest
 
 from slurm_cluster import (
     SlurmCluster,
+    interrupt_snakemake,
     run_id,
     run_snakemake,
     start_snakemake,
@@ -217,9 +218,7 @@ def _interrupted_run(cluster: SlurmCluster, run: Run) -> None:
         assert state == "CANCELLED", f"scancel-ed job {job_id} is {state}"
     finally:
         # The user gives up on this snakemake session (Ctrl-C); it cancels its other jobs.
-        if first.poll() is None:
-            first.send_signal(signal.SIGINT)
-        first.wait(timeout=180)
+        interrupt_snakemake(first, first_log)
     run.logs.append(first_log.read_text(errors="replace"))
 
     second = start_snakemake(cluster, run.workdir, [*PROFILE_ARGS, "--rerun-incomplete", TARGET],
@@ -250,9 +249,7 @@ def _interrupted_run(cluster: SlurmCluster, run: Run) -> None:
                                   "log_at_timeout": log_at_timeout}
         second.wait(timeout=RUN_TIMEOUT_S)
     finally:
-        if second.poll() is None:
-            second.send_signal(signal.SIGINT)
-            second.wait(timeout=180)
+        interrupt_snakemake(second, second_log)
     text = second_log.read_text(errors="replace")
     run.logs.append(text)
     assert second.returncode == 0, f"rerun of run B failed ({second.returncode}):\n{text[-6000:]}"
@@ -271,9 +268,7 @@ def runs(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) 
         _interrupted_run(slurm_cluster, interrupted)
         proc_a.wait(timeout=RUN_TIMEOUT_S)
     finally:
-        if proc_a.poll() is None:
-            proc_a.send_signal(signal.SIGINT)
-            proc_a.wait(timeout=180)
+        interrupt_snakemake(proc_a, reference.workdir / "snakemake-A1.log")
     text_a = (reference.workdir / "snakemake-A1.log").read_text(errors="replace")
     reference.logs.append(text_a)
     assert proc_a.returncode == 0, f"run A failed ({proc_a.returncode}):\n{text_a[-6000:]}"

@@ -26,11 +26,22 @@ Item ids: cifar10 ``data_batch_1_00017`` (source id ``data_batch_1#17``); imagen
 ``city_seq_frame`` (label -1); scenes the scene folder name; folder ``split/class/stem``.
 """
 
-from izoo.datasets.base import BadItem, ItemRef, Sample, Scene, SourceDataset
-from izoo.datasets.manifest import ManifestInfo, build_manifest, load_manifest, shard_ids, shard_rows
-from izoo.datasets.registry import READERS, open_source
+from typing import Any
 
-__all__ = [
-    "BadItem", "ItemRef", "Sample", "Scene", "SourceDataset", "READERS", "open_source",
-    "ManifestInfo", "build_manifest", "load_manifest", "shard_ids", "shard_rows",
-]
+#: public name -> the submodule that defines it; imported on first use, so that reading a manifest
+#: (``izoo.datasets.manifest``, e.g. in the Snakefile) does not load the readers and torch
+_EXPORTS = {
+    **{name: "izoo.datasets.base" for name in ("BadItem", "ItemRef", "Sample", "Scene", "SourceDataset")},
+    **{name: "izoo.datasets.manifest" for name in ("ManifestInfo", "build_manifest", "load_manifest", "shard_ids",
+                                                    "shard_rows")},
+    **{name: "izoo.datasets.registry" for name in ("READERS", "open_source")},
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'izoo.datasets' has no attribute {name!r}")

@@ -13,14 +13,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import pandas as pd
 
 from izoo.atomic import atomic_path
-from izoo.datasets.base import BadItem
-from izoo.datasets.registry import open_source
 from izoo.errors import IzooError
+
+if TYPE_CHECKING:
+    from izoo.datasets.base import BadItem
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ def build_manifest(dataset_name: str, source_cfg: Mapping[str, Any], shard_size:
         raise IzooError(f"shard_size must be >= 1, got {shard_size}", None, "fix the dataset's shard_size")
     out_dir = Path(out_dir)
     started = time.perf_counter()
+    # imported here: the Snakefile reads shards.json through this module in snakemake's own process, which then
+    # need not load the readers and torch (seconds of start-up on every snakemake call and in every cluster job)
+    from izoo.datasets.registry import open_source
+
     source = open_source(source_cfg)
     rows: list[tuple[int, str, str, int, str, str]] = []
     bad_items: list[BadItem] = []
