@@ -1,4 +1,4 @@
-"""Learned shared init: ``izoo meta-init`` (Reptile, resumable, deterministic) and fitting from its file."""
+"""Learned shared init: ``izoo meta-init`` (Meta-SGD, resumable, deterministic) and fitting from its file."""
 
 from __future__ import annotations
 
@@ -69,6 +69,10 @@ def test_meta_init_is_deterministic_resumable_and_uses_only_train_items(tmp_path
     assert first.attrs["dataset"] == "demo" and first.attrs["meta_init"]["outer_steps"] == 4
     assert first.meta_items.tolist() == [0, 1, 2, 3]          # the train split only, never the test items 4, 5
     assert first.params["layer1.weight"].shape == (8, 8)
+    assert first.inner_steps == 3 and first.inner_lrs["layer1.weight"].shape == (8, 8)
+    calibration = first.attrs["calibration_mean_steps"]
+    assert sorted(calibration) == ["0.1", "0.3", "1"]
+    assert first.adam_lr_factor == min((1.0, 0.3, 0.1), key=lambda f: (calibration[f"{f:g}"], -f))
 
     # interrupted after two outer steps (state saved), then resumed: the same init as the uninterrupted run
     calls = iter([False, False, True])
@@ -84,7 +88,7 @@ def test_meta_init_is_deterministic_resumable_and_uses_only_train_items(tmp_path
     assert second.sha256 == first.sha256
 
     # other settings: the saved state is not reused, and the init differs
-    cfg["meta_init"]["outer_lr"] = 0.5
+    cfg["meta_init"]["outer_lr"] = 1e-2
     meta_init.run_meta_init("demo", cfg, table, tmp_path / "work2", tmp_path / "init3.h5", load_sample=loader)
     assert "made with other settings" in capsys.readouterr().err
     assert learned_init.read_init_file(tmp_path / "init3.h5", list(first.params)).sha256 != first.sha256
@@ -169,6 +173,11 @@ def test_missing_or_mismatched_init_file_is_a_one_line_error(tmp_path, capsys):
         h5["shared_init/layer0.bias"][0] += 1.0
     assert main(_fit_args(cfg, manifest, tmp_path, name="edited")) == 2
     assert "do not match its recorded sha256" in capsys.readouterr().err
+    assert main(_meta_args(cfg, manifest, tmp_path)) == 0
+    with h5py.File(tmp_path / "init.h5", "r+") as h5:
+        h5["inner_lr/layer1.weight"][0] *= 2.0
+    assert main(_fit_args(cfg, manifest, tmp_path, name="edited_lr")) == 2
+    assert "init.h5: learned init file's /inner_lr does not match its recorded inner_lr_sha256" in capsys.readouterr().err
 
     no_file = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k != "init_file"}}
     assert main(_fit_args(no_file, manifest, tmp_path, name="nofile")) == 2
@@ -223,10 +232,79 @@ def test_every_config_siren_size_meta_learns_and_loads(tmp_path, depth, width):
     family = SirenFamily(model, {"lr": 1e-3, "compile": "off"})
     settings = meta_init.MetaInitSettings.from_config({"items": 2, "outer_steps": 1, "inner_steps": 1, "meta_batch": 2})
     images = torch.rand(2, 3, 4, 8)
-    res = meta_init.reptile(images, family, settings, {"lr": 1e-3, "compile": "off"})
+    res = meta_init.meta_sgd(images, family, settings)
     learned_init.write_init_file(tmp_path / "init.h5", res.params, [0, 1],
-                                 {"dataset": "d", "architecture": family.architecture()})
+                                 {"dataset": "d", "architecture": family.architecture()}, inner_lrs=res.inner_lrs,
+                                 inner_steps=settings.inner_steps)
     loaded = SirenFamily({**model, "init": "learned", "init_file": str(tmp_path / "init.h5")})
     start = loaded.init([1, 2, 3])
     assert start["layer1.weight"].shape == (3, width, width)
     assert np.array_equal(start["layer0.weight"][2], res.params["layer0.weight"])
+    assert loaded.learned_init.warm_start().steps == 1
+    assert loaded.learned_init.inner_lrs["layer1.weight"].shape == (width, width)
+    # an init file without learning rates (format 1) is a plain init: fits start their Adam phase from it
+    learned_init.write_init_file(tmp_path / "plain.h5", res.params, [0, 1],
+                                 {"dataset": "d", "architecture": family.architecture()})
+    plain = SirenFamily({**model, "init": "learned", "init_file": str(tmp_path / "plain.h5")})
+    assert plain.learned_init.warm_start() is None and plain.learned_init.sha256 == loaded.learned_init.sha256
+
+
+def test_fits_from_a_meta_sgd_init_take_its_learned_lr_steps_first():
+    """A fit with the warm start equals the warm-start steps followed by a plain fit; they count as iterations."""
+    import dataclasses
+
+    from izoo.fitting.phases import phase_settings
+    from izoo.siren import engine, warm_start
+    from izoo.siren import model as siren
+
+    spec = siren.SirenSpec(depth=3, width=16)
+    images = torch.rand(5, 3, 6, 7)
+    init = [p.expand(5, *p.shape[1:]).contiguous() for p in siren.init_params(spec, [42])]
+    lrs = [torch.full(p.shape[1:], 0.05) * (1 + k) for k, p in enumerate(init)]
+    settings = phase_settings({"iterations": 6, "lr": 1e-3, "lr_min": 1e-5, "check_every": 3}, "basic")
+    warm = warm_start.WarmStart(lrs=lrs, steps=2)
+    with_warm = engine.fit_images(images, spec, settings, init=init, warm=warm, use_compile=False, slots=2)
+    stepped = warm_start.warm_start(init, lrs, images, spec, 2, chunk_items=2)
+    assert not torch.allclose(stepped[0], init[0])
+    plain = engine.fit_images(images, spec, settings, init=stepped, use_compile=False)
+    for a, b in zip(with_warm.params, plain.params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert (with_warm.iterations == plain.iterations + 2).all()
+    torch.testing.assert_close(torch.as_tensor(with_warm.psnr_before), torch.as_tensor(plain.psnr_before))
+
+    # the calibrated factor scales the Adam phase's whole schedule
+    slower = engine.fit_images(images, spec, settings, init=init, use_compile=False,
+                               warm=warm_start.WarmStart(lrs=lrs, steps=2, adam_lr_factor=0.25))
+    halved = dataclasses.replace(settings, lr=settings.lr * 0.25, lr_min=settings.lr_min * 0.25)
+    reference = engine.fit_images(images, spec, halved, init=stepped, use_compile=False)
+    for a, b in zip(slower.params, reference.params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(slower.params[0], with_warm.params[0])
+
+
+def test_meta_sgd_learns_an_init_that_fits_faster_than_the_siren_init():
+    """On train images, the learned init and rates beat the SIREN init with the starting rates after the inner steps."""
+    from izoo.siren import model as siren
+    from izoo.siren import warm_start
+    from izoo.siren.family import SirenFamily
+
+    family = SirenFamily({"family": "siren", "depth": 3, "width": 16, "w0": 30.0}, {"compile": "off"})
+    grid = torch.linspace(0, 1, 8)
+    images = torch.stack([torch.stack([(grid[None, :] * a + grid[:, None] * (1 - a)) for _ in range(3)])
+                          for a in torch.linspace(0.1, 0.9, 6)])
+    settings = meta_init.MetaInitSettings.from_config({"items": 6, "outer_steps": 40, "inner_steps": 2,
+                                                       "meta_batch": 3})
+    res = meta_init.meta_sgd(images, family, settings)
+    coords = siren.coordinate_grid(8, 8).reshape(-1, 2)
+    names = family.param_names()
+
+    def psnr_after(params, lrs):
+        batch = [torch.as_tensor(p).unsqueeze(0).expand(6, *p.shape).contiguous() for p in params]
+        phi = warm_start.sgd_steps(batch, [torch.as_tensor(a) for a in lrs], warm_start.targets(images), coords,
+                                   30.0, settings.inner_steps)
+        return float(warm_start.item_psnr(phi, images, coords, 30.0).mean())
+
+    base = [p[0] for p in siren.init_params(family.spec, [42])]
+    siren_psnr = psnr_after(base, [torch.full_like(p, settings.inner_lr) for p in base])
+    learned_psnr = psnr_after([res.params[n] for n in names], [res.inner_lrs[n] for n in names])
+    assert learned_psnr > siren_psnr + 3.0, (siren_psnr, learned_psnr)

@@ -1,25 +1,34 @@
 """``izoo meta-init``: meta-learn one shared SIREN initialisation per dataset from a subset of its train split.
 
-Algorithm: Reptile (Nichol et al., 2018) over the batched engine. Each outer step draws a meta-batch of
-``meta_batch`` items from the subset, fits all of them for ``inner_steps`` Adam steps from the current init
-with ``izoo.siren.engine.fit_images`` (fresh Adam moments and the dataset's ``fit.lr``, as the fit jobs
-start), and moves the init towards the mean of the fitted weights:
-``θ ← θ + ε_t (mean_i φ_i − θ)`` with ``ε_t`` decaying linearly from ``outer_lr`` to 0.
+Algorithm: Meta-SGD (Li et al., 2017; MAML with learned per-parameter inner learning rates, as functa and
+Tancik et al. 2021 meta-learn SIREN inits). It learns the init ``θ`` and one SGD learning rate ``α`` per
+parameter such that ``inner_steps`` steps ``φ ← φ − α ⊙ ∇L(φ)`` from ``θ`` fit an image well: each outer
+step draws a meta-batch of ``meta_batch`` items, takes the inner steps from ``θ`` with
+``izoo.siren.warm_start.sgd_steps`` (differentiable), and moves ``θ`` and ``log α`` by one Adam step
+(``outer_lr``, ``inner_lr_lr``) on the meta-batch's loss after them. Every fit job from the init takes the
+same ``inner_steps`` learned-lr steps first, then its usual Adam phase (``izoo.siren.engine.SirenBatchFit``).
 
-Why Reptile and not MAML (Tancik et al. 2021 use both): the fit jobs optimise with Adam, whose first steps
-are sign-like, so second-order MAML through Adam's inner loop has almost no gradient, and the engine's
-hand-written backward is not differentiable anyway. Reptile only needs the inner loop's end points, so it
-reuses the batched engine (every item of a meta-batch in one fused step) and its inner loop is exactly the
-optimiser the fit jobs run.
+Calibration: Adam's first steps move every weight by about the learning rate whatever the gradient, which can
+undo what the learned-lr steps did (measured on a 4/256 SIREN at 64²: 25.6 dB after the 3 steps, 13 dB after
+one Adam step at lr 1e-3). So meta-init ends by fitting ``calibration_items`` meta-training items to
+``fit.gate_psnr`` from the learned init with each of ``adam_lr_factors`` × ``fit.lr`` and stores the factor
+with the fewest mean steps (ties: the larger); every fit from the init runs its Adam phase at that factor.
+
+Why not Reptile over the engine's Adam (what this command ran first): measured with
+``benchmarks/learned_init.py`` (RESULTS.md), Reptile's init cut the mean steps to 30 dB on held-out CIFAR-like
+crops only 1.87× (57.6 → 30.8), and the SIREN init fitted with a 4× higher Adam lr got further (18.4 steps):
+Adam's first steps are sign-like, so where it starts matters little. Meta-SGD's inner loop is plain,
+differentiable SGD with learned rates, which is where a learned init pays off.
 
 Held-out splits are never read: items come only from ``meta_init.split`` (default ``train``; the config
 check refuses ``val``/``test`` and any benchmark's test split). The subset is ``meta_init.items`` manifest
 rows of that split drawn with ``meta_init.seed``; outer step ``t`` draws its meta-batch from a generator
 seeded with ``(seed, t)``, so a resumed run draws exactly what an uninterrupted one does.
 
-Resume: the work dir holds ``state.pt`` (init, step, seconds; written atomically every ``checkpoint_every``
-outer steps and on SIGTERM/SIGUSR1 or ``--runtime-minutes``, then exit 75). A state made with other
-settings or items is ignored with a warning. Exit codes as ``izoo fit``: 0 done, 2 bad input, 75 stopped.
+Resume: the work dir holds ``state.pt`` (init, log learning rates, the outer Adam state, step, seconds;
+written atomically every ``checkpoint_every`` outer steps and on SIGTERM/SIGUSR1 or ``--runtime-minutes``,
+then exit 75). A state made with other settings or items is ignored with a warning. Exit codes as
+``izoo fit``: 0 done, 2 bad input, 75 stopped.
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -41,16 +51,22 @@ from izoo.config import HELD_OUT_SPLITS, DatasetConfig, FitConfig, dataset_confi
 from izoo.errors import IzooError
 from izoo.fitting import learned_init
 from izoo.fitting.device import default_device
-from izoo.fitting.phases import PhaseSettings, as_fit_config
+from izoo.fitting.phases import as_fit_config, phase_settings
 from izoo.fitting.progress import emit
 from izoo.fitting.stream import FitInterrupted, is_out_of_memory
 from izoo.siren import engine
 from izoo.siren import model as siren
+from izoo.siren import warm_start
 from izoo.siren.family import SirenFamily
+from izoo.siren.warm_start import WarmStart
+
+#: settings only the calibration after meta-learning reads (a change reuses the meta-learning state)
+CALIBRATION_KEYS = ("adam_lr_factors", "calibration_items")
+
 
 @dataclass(frozen=True)
 class MetaInitSettings:
-    """What ``izoo meta-init`` does: which items, how many outer/inner steps, the outer step size."""
+    """What ``izoo meta-init`` does: which items, how many outer/inner steps, the outer step sizes."""
 
     split: str
     items: int
@@ -58,6 +74,10 @@ class MetaInitSettings:
     inner_steps: int
     meta_batch: int
     outer_lr: float
+    inner_lr: float
+    inner_lr_lr: float
+    adam_lr_factors: tuple[float, ...]
+    calibration_items: int
     seed: int
     checkpoint_every: int
 
@@ -68,14 +88,8 @@ class MetaInitSettings:
         if str(merged["split"]) in HELD_OUT_SPLITS:
             raise IzooError(f"meta_init.split is {merged['split']!r}, a held-out split", "config.yaml",
                             "meta-learn from the train split (held-out items must stay unseen)")
-        return cls(**{**merged, "outer_lr": float(merged["outer_lr"])})
-
-    def inner_phase(self, fit_cfg: FitConfig | Mapping[str, Any]) -> PhaseSettings:
-        """The inner loop: ``inner_steps`` Adam steps at the fit's starting learning rate, no early stop."""
-        lr = float(as_fit_config(fit_cfg).lr)
-        return PhaseSettings(phase="basic", max_steps=self.inner_steps, schedule_steps=self.inner_steps, lr=lr,
-                             lr_min=lr, gate_psnr=float("inf"), check_every=self.inner_steps, stop_on_pass=False,
-                             patience=None, min_delta=0.0, keep_best=False, checkpoint_every=0)
+        return cls(**{**merged, **{k: float(merged[k]) for k in ("outer_lr", "inner_lr", "inner_lr_lr")},
+                      "adam_lr_factors": tuple(float(f) for f in merged["adam_lr_factors"])})
 
 
 def select_items(manifest: pd.DataFrame, settings: MetaInitSettings, manifest_path: Any = "manifest") -> pd.DataFrame:
@@ -102,44 +116,55 @@ def run_fingerprint(dataset: str, dataset_cfg: DatasetConfig | Mapping[str, Any]
     """Hash of what determines the learned init (resume state made with anything else is not reused)."""
     cfg = dataset_config(dataset_cfg)
     model = {k: v for k, v in cfg.model.to_dict().items() if k != "init_file"}
-    payload = {"dataset": dataset, "model": model, "seed": cfg.seed.to_dict(), "lr": cfg.fit.lr,
-               "meta_init": asdict(settings), "index": [int(i) for i in indices]}
+    meta = {k: v for k, v in asdict(settings).items() if k not in CALIBRATION_KEYS}
+    payload = {"dataset": dataset, "model": model, "seed": cfg.seed.to_dict(), "meta_init": meta,
+               "index": [int(i) for i in indices]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 @dataclass
 class MetaResult:
-    """The learned init (per-item shapes, family order) and what it cost."""
+    """The learned init and learning rates (per-item shapes, family order) and what they cost."""
 
     params: dict[str, np.ndarray]
+    inner_lrs: dict[str, np.ndarray]
     seconds: float
     inner_psnr: list[float]     # mean PSNR of each outer step's meta-batch after its inner steps
 
 
-def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSettings,
-            fit_cfg: FitConfig | Mapping[str, Any], *,
-            base_seed: int = 42, device: torch.device | str = "cpu", state_path: Path | None = None,
-            fingerprint: str = "", should_stop: Callable[[], bool] | None = None,
-            progress_every: float = 30.0) -> MetaResult:
-    """Reptile over ``images`` ``[M, 3, H, W]`` in [0, 1] from the SIREN init of ``base_seed``; resumable via ``state_path``.
+def meta_sgd(images: torch.Tensor, family: SirenFamily, settings: MetaInitSettings, *, base_seed: int = 42,
+             device: torch.device | str = "cpu", state_path: Path | None = None, fingerprint: str = "",
+             should_stop: Callable[[], bool] | None = None, progress_every: float = 30.0) -> MetaResult:
+    """Meta-SGD over ``images`` ``[M, 3, H, W]`` in [0, 1] from the SIREN init of ``base_seed``; resumable via ``state_path``.
 
     A stop request saves the state and raises ``FitInterrupted``.
     """
-    names = family.param_names()
-    theta = [p[0].clone() for p in siren.init_params(family.spec, [base_seed])]
+    device = torch.device(device)
+    spec = family.spec
+    theta = [p[0].to(device).requires_grad_(True) for p in siren.init_params(spec, [base_seed])]
+    log_lr = [torch.full_like(p, math.log(settings.inner_lr)).requires_grad_(True) for p in theta]
+    optimizer = torch.optim.Adam([{"params": theta, "lr": settings.outer_lr},
+                                  {"params": log_lr, "lr": settings.inner_lr_lr}])
     step, seconds, history = 0, 0.0, []
     state = _load_state(state_path, fingerprint)
     if state is not None:
-        theta, step, seconds, history = list(state["theta"]), int(state["step"]), float(state["seconds"]), list(state["history"])
+        with torch.no_grad():
+            for p, saved in zip(theta + log_lr, state["theta"] + state["log_lr"]):
+                p.copy_(saved)
+        optimizer.load_state_dict(state["optimizer"])
+        step, seconds, history = int(state["step"]), float(state["seconds"]), list(state["history"])
         emit(f"meta-init resumed at outer step {step}/{settings.outer_steps} from {state_path}")
-    inner = settings.inner_phase(fit_cfg)
-    use_compile = as_fit_config(fit_cfg).compile
+    height, width = images.shape[-2:]
+    coords = siren.coordinate_grid(height, width, device=device).reshape(-1, 2)
 
     def save() -> None:
         if state_path is not None:
             with atomic_path(state_path) as tmp:
-                torch.save({"fingerprint": fingerprint, "state": {"theta": theta, "step": step, "seconds": seconds,
-                                                                   "history": history}}, tmp)
+                torch.save({"fingerprint": fingerprint,
+                            "state": {"theta": [p.detach().cpu() for p in theta],
+                                      "log_lr": [p.detach().cpu() for p in log_lr],
+                                      "optimizer": optimizer.state_dict(), "step": step, "seconds": seconds,
+                                      "history": history}}, tmp)
 
     last_line = time.perf_counter()
     while step < settings.outer_steps:
@@ -147,36 +172,64 @@ def reptile(images: torch.Tensor, family: SirenFamily, settings: MetaInitSetting
             save()
             raise FitInterrupted(f"stop requested at outer step {step}")
         tick = time.perf_counter()
-        rows = torch.as_tensor(meta_batch_rows(len(images), settings, step))
-        batch = images[rows]
+        batch = images[torch.as_tensor(meta_batch_rows(len(images), settings, step))].to(device)
+        target = warm_start.targets(batch)
         try:
-            res = engine.fit_images(batch, family.spec, inner,
-                                    init=[p.unsqueeze(0).expand(len(rows), *p.shape).contiguous() for p in theta],
-                                    device=device, use_compile=use_compile)
+            phi = warm_start.sgd_steps([p.unsqueeze(0).expand(len(batch), *p.shape) for p in theta],
+                                       [a.exp() for a in log_lr], target, coords, spec.w0, settings.inner_steps,
+                                       create_graph=True)
+            loss = warm_start.item_losses(phi, target, coords, spec.w0).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            raise IzooError(f"a meta-batch of {len(rows)} items does not fit in {device} memory", "config.yaml",
-                            "lower meta_init.meta_batch") from None
-        step_size = settings.outer_lr * (1.0 - step / settings.outer_steps)
-        theta = [p + step_size * (fitted.to(p).mean(0) - p) for p, fitted in zip(theta, res.params)]
-        if not all(bool(torch.isfinite(p).all()) for p in theta):
+            raise IzooError(f"a meta-batch of {len(batch)} items does not fit in {device} memory", "config.yaml",
+                            "lower meta_init.meta_batch or meta_init.inner_steps") from None
+        optimizer.step()
+        if not all(bool(torch.isfinite(p).all()) for p in theta + log_lr):
             raise IzooError(f"meta-learning diverged at outer step {step} (non-finite init)", "config.yaml",
-                            "lower meta_init.outer_lr or the dataset's fit.lr")
-        history.append(float(np.mean(res.psnr)))
+                            "lower meta_init.outer_lr, meta_init.inner_lr or meta_init.inner_lr_lr")
+        with torch.no_grad():
+            history.append(float(warm_start.item_psnr(phi, batch, coords, spec.w0).mean()))
         step += 1
         seconds += time.perf_counter() - tick
-        if step % settings.checkpoint_every == 0 and step < settings.outer_steps:
-            save()
+        if step % settings.checkpoint_every == 0 or step == settings.outer_steps:
+            save()   # the last one too: a stop during the calibration that follows never redoes meta-learning
         now = time.perf_counter()
         if now - last_line >= progress_every or step == settings.outer_steps or step == 1:
             last_line = now
             recent = history[-settings.checkpoint_every:]
             emit(f"meta-init outer step {step}/{settings.outer_steps}: meta-batch PSNR after "
-                 f"{settings.inner_steps} inner steps {np.mean(recent):.2f} dB (mean of the last {len(recent)}), "
+                 f"{settings.inner_steps} learned-lr steps {np.mean(recent):.2f} dB (mean of the last {len(recent)}), "
                  f"{step / max(seconds, 1e-9):.2f} outer steps/s")
-    return MetaResult(params={n: p.numpy().astype(np.float32) for n, p in zip(names, theta)}, seconds=seconds,
-                      inner_psnr=history)
+    names = family.param_names()
+    return MetaResult(params={n: p.detach().cpu().numpy().astype(np.float32) for n, p in zip(names, theta)},
+                      inner_lrs={n: a.detach().exp().cpu().numpy().astype(np.float32) for n, a in zip(names, log_lr)},
+                      seconds=seconds, inner_psnr=history)
+
+
+def calibrate_adam_lr(images: torch.Tensor, family: SirenFamily, result: MetaResult, settings: MetaInitSettings,
+                      fit_cfg: FitConfig | Mapping[str, Any], device: torch.device | str = "cpu") -> tuple[float, dict[str, float]]:
+    """The factor of ``settings.adam_lr_factors`` whose Adam phase reaches ``fit.gate_psnr`` in the fewest mean steps
+    from the learned init (learned-lr steps included), and every factor's mean steps."""
+    fit = as_fit_config(fit_cfg)
+    phase = replace(phase_settings(fit, "basic"), stop_on_pass=True, check_every=1, min_steps=0,
+                                keep_best=False, checkpoint_every=0)
+    names = family.param_names()
+    items = images[: settings.calibration_items]
+    init = [torch.from_numpy(result.params[n]).unsqueeze(0).expand(len(items), *result.params[n].shape).contiguous()
+            for n in names]
+    lrs = [torch.from_numpy(result.inner_lrs[n]) for n in names]
+    mean_steps: dict[str, float] = {}
+    for factor in settings.adam_lr_factors:
+        warm = WarmStart(lrs=lrs, steps=settings.inner_steps, adam_lr_factor=factor)
+        res = engine.fit_images(items, family.spec, phase, init=init, device=device, use_compile=fit.compile, warm=warm)
+        mean_steps[f"{factor:g}"] = float(res.iterations.mean())
+    best = min(settings.adam_lr_factors, key=lambda f: (mean_steps[f"{f:g}"], -f))
+    emit(f"meta-init calibration on {len(items)} meta-training items, mean steps to {fit.gate_psnr:g} dB by Adam lr "
+         f"factor: {', '.join(f'{k}x: {v:.1f}' for k, v in mean_steps.items())}; using {best:g}x fit.lr")
+    return best, mean_steps
 
 
 def _load_state(path: Path | None, fingerprint: str) -> dict[str, Any] | None:
@@ -231,14 +284,19 @@ def run_meta_init(dataset: str, dataset_cfg: DatasetConfig | Mapping[str, Any], 
     emit(f"meta-init {dataset}: {len(rows)} items of split {settings.split!r}, {settings.outer_steps} outer steps x "
          f"{settings.meta_batch} items x {settings.inner_steps} inner steps on {device}")
     images = load_images(rows, load_sample, manifest_path)
-    result = reptile(images, family, settings, dataset_cfg.fit, base_seed=base_seed, device=device,
-                     state_path=workdir / "state.pt", fingerprint=fp, should_stop=should_stop)
+    result = meta_sgd(images, family, settings, base_seed=base_seed, device=device,
+                      state_path=workdir / "state.pt", fingerprint=fp, should_stop=should_stop)
+    tick = time.perf_counter()
+    factor, calibration = calibrate_adam_lr(images, family, result, settings, dataset_cfg.fit, device)
+    calibration_s = time.perf_counter() - tick
     attrs = {"dataset": dataset, "source": dataset_cfg.to_dict()["source"], "model_family": family.name,
              "architecture": family.architecture(), "meta_init": asdict(settings), "base_seed": base_seed,
-             "seconds": result.seconds, "device": str(device), "algorithm": "reptile",
-             "final_inner_psnr": float(np.mean(result.inner_psnr[-settings.checkpoint_every:]))}
-    learned_init.write_init_file(out, result.params, rows["index"].tolist(), attrs)
-    emit(f"done: learned init of {dataset} in {result.seconds:.1f} s → {out}")
+             "seconds": result.seconds, "device": str(device), "algorithm": "meta_sgd",
+             "final_inner_psnr": float(np.mean(result.inner_psnr[-settings.checkpoint_every:])),
+             "calibration_mean_steps": calibration, "calibration_seconds": calibration_s}
+    learned_init.write_init_file(out, result.params, rows["index"].tolist(), attrs, inner_lrs=result.inner_lrs,
+                                 inner_steps=settings.inner_steps, adam_lr_factor=factor)
+    emit(f"done: learned init of {dataset} in {result.seconds + calibration_s:.1f} s → {out}")
     return Path(out)
 
 

@@ -28,6 +28,7 @@ from izoo.fitting.phases import PhaseSettings
 from izoo.fitting.stream import ADAM_BETAS, ADAM_EPS, FitResult, FlatLayout, ProgressFn, StreamFit, is_out_of_memory
 from izoo.siren import model as siren
 from izoo.siren.model import Params, SirenSpec
+from izoo.siren.warm_start import WarmStart, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +191,18 @@ def cpu_chunk_items(width: int, n_pixels: int, dtype: torch.dtype = torch.float3
 
 class SirenBatchFit(StreamFit):
     """One phase of fitting SIRENs to N images of one size through at most ``slots`` slots (continuous batching);
-    resumable from ``state()``."""
+    resumable from ``state()``.
+
+    With ``warm`` (a Meta-SGD init), every item takes its learned-lr SGD steps when it joins the slots, before
+    its first Adam step; they count in its ``iterations``, and ``psnr_before`` is measured after them. The Adam
+    steps then run at ``warm.adam_lr_factor`` × the schedule's learning rate.
+    """
 
     family = "siren"
 
     def __init__(self, spec: SirenSpec, images01: torch.Tensor, settings: PhaseSettings, init: Params,
                  device: torch.device | str = "cpu", use_compile: bool | str = "auto",
-                 chunk_items: int | None = None, slots: int | None = None):
+                 chunk_items: int | None = None, slots: int | None = None, warm: WarmStart | None = None):
         if images01.dim() != 4 or images01.shape[1] != spec.out_features:
             raise ValueError(f"images must be [B, {spec.out_features}, H, W], got {tuple(images01.shape)}")
         self.spec = spec
@@ -220,12 +226,32 @@ class SirenBatchFit(StreamFit):
         self.chunk_items = chunk_items or (cpu_chunk_items(spec.width, self.n_pixels, self.dtype)
                                            if self.device.type == "cpu" else max(n_items, 1))
         self._targets: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.warm = warm if warm is not None and warm.steps > 0 else None
 
     def _rows_changed(self) -> None:
         self._targets = None
 
+    def _refill(self) -> None:
+        joined = len(self.pos)
+        super()._refill()
+        if self.warm is None or len(self.pos) == joined:
+            return
+        images = (self.all_t01[self.pos[joined:].to(self.device)]
+                  .reshape(-1, self.spec.out_features, len(self.yv), len(self.xu)))
+        fresh = warm_start(self.layout.unpack(self.theta[joined:]), self.warm.lrs, images, self.spec, self.warm.steps)
+        fresh_flat = self.layout.pack(fresh).to(self.dtype)
+        self.theta = torch.cat([self.theta[:joined], fresh_flat])
+        if self.best_theta is not None:
+            self.best_theta = torch.cat([self.best_theta[:joined], fresh_flat])
+
+    def _take_pending(self) -> FitResult | None:
+        result = super()._take_pending()
+        if result is not None and self.warm is not None:
+            result.iterations = result.iterations + self.warm.steps
+        return result
+
     def _lr_at(self, step: int) -> float:
-        return self.settings.lr_at(step)
+        return self.settings.lr_at(step) * (self.warm.adam_lr_factor if self.warm is not None else 1.0)
 
     def _params_out(self, flat: torch.Tensor) -> Params:
         return self.layout.unpack(flat)
@@ -271,12 +297,14 @@ def fit_images(images01: torch.Tensor, spec: SirenSpec, settings: PhaseSettings,
                use_compile: bool | str = "auto", resume_state: dict[str, Any] | None = None,
                should_stop: Callable[[], bool] | None = None,
                on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-               progress: ProgressFn | None = None, slots: int | None = None) -> FitResult:
+               progress: ProgressFn | None = None, slots: int | None = None,
+               warm: WarmStart | None = None) -> FitResult:
     """Fit one phase for N images ``[N, 3, H, W]`` in [0, 1] from ``init`` (or SIREN inits from ``seeds``),
-    ``slots`` at a time (default: all at once)."""
+    ``slots`` at a time (default: all at once), each item first taking ``warm``'s steps when given."""
     if init is None:
         init = siren.init_params(spec, seeds if seeds is not None else [42] * images01.shape[0])
-    fitter = SirenBatchFit(spec, images01, settings, init, device=device, use_compile=use_compile, slots=slots)
+    fitter = SirenBatchFit(spec, images01, settings, init, device=device, use_compile=use_compile, slots=slots,
+                           warm=warm)
     if resume_state is not None:
         fitter.load_state(resume_state)
     return fitter.run(should_stop=should_stop, on_checkpoint=on_checkpoint, progress=progress)

@@ -100,6 +100,9 @@ class SirenFamily:
         """Fit the samples' images, one stream per image size, ``slots`` at a time; resumable."""
         images = [self._image(s) for s in samples]
         init = init_params if init_params is not None else self.init(seeds)
+        # items starting from a Meta-SGD init take its learned-lr steps first (phases that start from fitted
+        # weights, refinement, do not)
+        warm = self.learned_init.warm_start() if init_params is None and self.learned_init is not None else None
         names = self.param_names()
         flat_init = [torch.from_numpy(np.asarray(init[k], dtype=np.float32)) for k in names]
         use_compile = self.fit.compile
@@ -108,7 +111,7 @@ class SirenFamily:
             sel = torch.as_tensor(positions)
             return SirenBatchFit(self.spec, torch.stack([images[i] for i in positions]), settings,
                                         [p[sel] for p in flat_init], device=device, use_compile=use_compile,
-                                        slots=slots)
+                                        slots=slots, warm=warm)
 
         return fit_in_streams(same_size_units([tuple(im.shape) for im in images]), make_fitter, names,
                               lambda params: [p.numpy() for p in params], settings, checkpoint, progress, on_group)
