@@ -4,10 +4,14 @@ final PSNR distribution, and the demo classification benchmark on archives fitte
 Data (nothing downloaded): CIFAR-like images are object-sized crops (40-100 % of the short side) of the photos
 bundled with scikit-image, downsampled with anti-aliasing to 32×32; meta-training and held-out crops come from
 disjoint photos (``META_PHOTOS`` / ``HELD_OUT_PHOTOS``). The larger case uses 64×64 crops of the same photos with
-the ImageNet SIREN (4 layers, width 256). Meta-learning is ``izoo.fitting.meta_init.reptile`` (what
+the ImageNet SIREN (4 layers, width 256). Meta-learning is ``izoo.fitting.meta_init.meta_sgd`` (what
 ``izoo meta-init`` runs); steps to X dB use the dataset's basic-phase schedule with ``stop_on_pass``,
 ``check_every=1`` and ``gate_psnr=X``, so an item's ``iterations`` is its step count to X dB (``--max-steps``
-when it never gets there; such items are counted and reported). The classification part runs the pipeline's
+when it never gets there; such items are counted and reported). From the learned init the count includes
+the init's learned-lr SGD steps, which every fit from it takes first (each one forward and backward pass,
+like an Adam step), and its Adam steps run at the calibrated multiple of the lr (``calibrate_adam_lr``, on
+meta-training items; its cost is counted in the meta-learning seconds). A third row fits from the SIREN init with a ``--siren-lr-factor`` times higher Adam lr:
+not the recipe, a reference for how much of the gain a higher learning rate alone would give. The classification part runs the pipeline's
 own code: ``izoo demo-data`` CIFAR set → manifest → ``run_meta_init`` on its train split → ``fit_shard`` for
 train and test from each init (fixed ``--cls-iterations`` budget) → ``run_classification``.
 
@@ -33,9 +37,10 @@ from PIL import Image
 
 from izoo.siren import engine
 from izoo.siren.family import SirenFamily
-from izoo.fitting.meta_init import MetaInitSettings, reptile
+from izoo.fitting.meta_init import MetaInitSettings, calibrate_adam_lr, meta_sgd
 from izoo.fitting.phases import phase_settings
 from izoo.siren import model as siren
+from izoo.siren.warm_start import WarmStart
 
 #: meta-training photos and held-out photos: disjoint sources, so held-out items are unseen scenes
 META_PHOTOS = ("astronaut", "coffee", "rocket", "retina", "immunohistochemistry", "camera", "moon", "gravel")
@@ -74,46 +79,59 @@ def broadcast(params: list[torch.Tensor], n: int) -> list[torch.Tensor]:
 
 
 def steps_to(images: torch.Tensor, spec: siren.SirenSpec, init: list[torch.Tensor], gate: float,
-             max_steps: int) -> tuple[np.ndarray, float, np.ndarray]:
+             max_steps: int, warm: WarmStart | None = None, lr_factor: float = 1.0) -> tuple[np.ndarray, float, np.ndarray]:
     """Per-item steps to ``gate`` dB (``max_steps`` if never), wall seconds of the batch, and reached flags."""
-    settings = dataclasses.replace(phase_settings(CIFAR_FIT, "basic"), stop_on_pass=True, check_every=1,
+    fit = {**CIFAR_FIT, "lr": CIFAR_FIT["lr"] * lr_factor, "lr_min": CIFAR_FIT["lr_min"] * lr_factor}
+    settings = dataclasses.replace(phase_settings(fit, "basic"), stop_on_pass=True, check_every=1,
                                    gate_psnr=gate, keep_best=False, max_steps=max_steps)
     tick = time.perf_counter()
-    res = engine.fit_images(images, spec, settings, init=broadcast(init, len(images)), use_compile=False)
+    res = engine.fit_images(images, spec, settings, init=broadcast(init, len(images)), use_compile=False, warm=warm)
     return res.iterations.astype(np.int64), time.perf_counter() - tick, res.passed
 
 
-def final_psnr(images: torch.Tensor, spec: siren.SirenSpec, init: list[torch.Tensor], iterations: int) -> tuple[np.ndarray, float]:
+def final_psnr(images: torch.Tensor, spec: siren.SirenSpec, init: list[torch.Tensor], iterations: int,
+               warm: WarmStart | None = None) -> tuple[np.ndarray, float]:
     """PSNR after the basic phase's fixed budget (cosine schedule over ``iterations``) and the fit's wall seconds."""
     settings = phase_settings({**CIFAR_FIT, "iterations": iterations, "check_every": iterations}, "basic")
     tick = time.perf_counter()
-    psnr = engine.fit_images(images, spec, settings, init=broadcast(init, len(images)), use_compile=False).psnr
+    psnr = engine.fit_images(images, spec, settings, init=broadcast(init, len(images)), use_compile=False,
+                             warm=warm).psnr
     return psnr, time.perf_counter() - tick
 
 
-def meta_learn(images: torch.Tensor, spec: siren.SirenSpec, settings: MetaInitSettings) -> tuple[list[torch.Tensor], float]:
+def meta_learn(images: torch.Tensor, spec: siren.SirenSpec, settings: MetaInitSettings) -> tuple[list[torch.Tensor], WarmStart, float]:
+    """The learned init, its warm start (learned lrs, calibrated Adam lr factor) and the seconds of both, as
+    ``izoo meta-init`` makes them."""
     family = SirenFamily({"family": "siren", **{k: getattr(spec, k) for k in ("depth", "width", "w0")}}, CIFAR_FIT)
-    res = reptile(images, family, settings, CIFAR_FIT, progress_every=60.0)
-    return [torch.from_numpy(res.params[n]) for n in family.param_names()], res.seconds
+    res = meta_sgd(images, family, settings, progress_every=60.0)
+    tick = time.perf_counter()
+    factor, _ = calibrate_adam_lr(images, family, res, settings, CIFAR_FIT)
+    names = family.param_names()
+    warm = WarmStart(lrs=[torch.from_numpy(res.inner_lrs[n]) for n in names], steps=settings.inner_steps,
+                     adam_lr_factor=factor)
+    return [torch.from_numpy(res.params[n]) for n in names], warm, res.seconds + time.perf_counter() - tick
 
 
-def compare(label: str, held: torch.Tensor, spec: siren.SirenSpec, learned: list[torch.Tensor], gates: list[float],
-            max_steps: int) -> dict[str, dict[str, float]]:
-    """Steps and seconds to each gate from both inits; prints one line per (init, gate)."""
+def compare(label: str, held: torch.Tensor, spec: siren.SirenSpec, learned: list[torch.Tensor], warm: WarmStart,
+            gates: list[float], max_steps: int, lr_factor: float) -> dict[str, dict[str, float]]:
+    """Steps and seconds to each gate from both inits (and the SIREN init at ``lr_factor`` × the lr); one line each."""
     base = [p[0] for p in siren.init_params(spec, [42])]
     out: dict[str, dict[str, float]] = {}
+    runs = (("siren", base, None, 1.0), ("learned", learned, warm, 1.0), (f"siren-lr{lr_factor:g}x", base, None, lr_factor))
     for gate in gates:
         row: dict[str, float] = {}
-        for name, init in (("siren", base), ("learned", learned)):
-            steps, seconds, reached = steps_to(held, spec, init, gate, max_steps)
+        for name, init, warm_start, factor in runs:
+            steps, seconds, reached = steps_to(held, spec, init, gate, max_steps, warm_start, factor)
             row[f"{name}_mean"], row[f"{name}_median"] = float(steps.mean()), float(np.median(steps))
             row[f"{name}_s"], row[f"{name}_missed"] = seconds, int((~reached).sum())
-            print(f"{label} {gate:g} dB from {name:7s} init: steps mean {steps.mean():7.1f} median {np.median(steps):6.1f} "
+            print(f"{label} {gate:g} dB from {name:11s} init: steps mean {steps.mean():7.1f} median {np.median(steps):6.1f} "
                   f"p90 {np.percentile(steps, 90):6.1f}, {seconds:6.1f} s for {len(held)} items, "
                   f"{int((~reached).sum())} not there in {max_steps} steps", flush=True)
         row["ratio"] = row["siren_mean"] / max(row["learned_mean"], 1e-9)
+        higher_lr = row[f"siren-lr{lr_factor:g}x_mean"]
         print(f"{label} {gate:g} dB: mean steps ratio SIREN/learned = {row['ratio']:.2f}x, "
-              f"seconds ratio = {row['siren_s'] / max(row['learned_s'], 1e-9):.2f}x", flush=True)
+              f"seconds ratio = {row['siren_s'] / max(row['learned_s'], 1e-9):.2f}x; SIREN init at {lr_factor:g}x lr / "
+              f"learned = {higher_lr / max(row['learned_mean'], 1e-9):.2f}x", flush=True)
         out[f"{gate:g}"] = row
     return out
 
@@ -174,17 +192,22 @@ def classification(args: argparse.Namespace, meta: MetaInitSettings) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--meta-items", type=int, default=256)
-    parser.add_argument("--outer-steps", type=int, default=200)
-    parser.add_argument("--inner-steps", type=int, default=8)
-    parser.add_argument("--meta-batch", type=int, default=16)
-    parser.add_argument("--outer-lr", type=float, default=1.0)
+    parser.add_argument("--outer-steps", type=int, default=600)
+    parser.add_argument("--inner-steps", type=int, default=3)
+    parser.add_argument("--meta-batch", type=int, default=8)
+    parser.add_argument("--outer-lr", type=float, default=1.0e-3)
+    parser.add_argument("--inner-lr", type=float, default=0.1)
+    parser.add_argument("--inner-lr-lr", type=float, default=1.0e-2)
+    parser.add_argument("--siren-lr-factor", type=float, default=4.0,
+                        help="the reference row: SIREN init fitted with this many times the recipe's Adam lr")
     parser.add_argument("--held-out", type=int, default=32)
     parser.add_argument("--max-steps", type=int, default=1500)
     parser.add_argument("--final-iterations", type=int, default=300, help="basic budget of the final-PSNR fits")
     parser.add_argument("--large-size", type=int, default=64)
     parser.add_argument("--large-meta-items", type=int, default=32)
-    parser.add_argument("--large-outer-steps", type=int, default=30)
-    parser.add_argument("--large-inner-steps", type=int, default=4)
+    parser.add_argument("--large-outer-steps", type=int, default=150)
+    parser.add_argument("--large-inner-steps", type=int, default=3)
+    parser.add_argument("--large-inner-lr", type=float, default=3.0e-3)
     parser.add_argument("--large-meta-batch", type=int, default=4)
     parser.add_argument("--large-held-out", type=int, default=4)
     parser.add_argument("--large-max-steps", type=int, default=400)
@@ -192,7 +215,7 @@ def main() -> None:
     parser.add_argument("--cls-iterations", type=int, default=60)
     parser.add_argument("--cls-epochs", type=int, default=15)
     parser.add_argument("--cls-tokenizer", default="lc")
-    parser.add_argument("--cls-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--cls-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--skip-classification", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
     args = parser.parse_args()
@@ -200,22 +223,25 @@ def main() -> None:
     started = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); settings {json.dumps(vars(args))}", flush=True)
 
-    meta = MetaInitSettings.from_config({"items": args.meta_items, "outer_steps": args.outer_steps,
-                                         "inner_steps": args.inner_steps, "meta_batch": args.meta_batch,
-                                         "outer_lr": args.outer_lr})
+    def meta_settings(items: int, outer_steps: int, inner_steps: int, meta_batch: int, inner_lr: float) -> MetaInitSettings:
+        return MetaInitSettings.from_config({"items": items, "outer_steps": outer_steps, "inner_steps": inner_steps,
+                                             "meta_batch": meta_batch, "outer_lr": args.outer_lr,
+                                             "inner_lr": inner_lr, "inner_lr_lr": args.inner_lr_lr})
+
+    meta = meta_settings(args.meta_items, args.outer_steps, args.inner_steps, args.meta_batch, args.inner_lr)
     spec = siren.SirenSpec(depth=3, width=64)
     train = photo_crops(META_PHOTOS, args.meta_items, 32, seed=0)
     held = photo_crops(HELD_OUT_PHOTOS, args.held_out, 32, seed=1)
-    learned, meta_s = meta_learn(train, spec, meta)
+    learned, warm, meta_s = meta_learn(train, spec, meta)
     print(f"cifar-like: meta-learned a 3/64 init from {args.meta_items} crops of {len(META_PHOTOS)} photos in "
-          f"{meta_s:.1f} s ({args.outer_steps} outer x {args.meta_batch} items x {args.inner_steps} inner steps = "
-          f"{args.outer_steps * args.meta_batch * args.inner_steps} item-steps)", flush=True)
-    cifar = compare("cifar-like", held, spec, learned, [30.0, 35.0], args.max_steps)
+          f"{meta_s:.1f} s ({args.outer_steps} outer x {args.meta_batch} items x {args.inner_steps} learned-lr steps = "
+          f"{args.outer_steps * args.meta_batch * args.inner_steps} item-steps, second order)", flush=True)
+    cifar = compare("cifar-like", held, spec, learned, warm, [30.0, 35.0], args.max_steps, args.siren_lr_factor)
 
     base = [p[0] for p in siren.init_params(spec, [42])]
     rate = 0.0
-    for name, init in (("siren", base), ("learned", learned)):
-        psnr, seconds = final_psnr(held, spec, init, args.final_iterations)
+    for name, init, warm_start in (("siren", base, None), ("learned", learned, warm)):
+        psnr, seconds = final_psnr(held, spec, init, args.final_iterations, warm_start)
         rate = rate or args.held_out * args.final_iterations / seconds
         print(f"cifar-like final PSNR after {args.final_iterations} steps from {name} init: {describe(psnr)}", flush=True)
 
@@ -229,21 +255,20 @@ def main() -> None:
 
     if not args.skip_large:
         big = siren.SirenSpec(depth=4, width=256)
-        big_meta = MetaInitSettings.from_config({"items": args.large_meta_items, "outer_steps": args.large_outer_steps,
-                                                 "inner_steps": args.large_inner_steps,
-                                                 "meta_batch": args.large_meta_batch, "outer_lr": args.outer_lr})
+        big_meta = meta_settings(args.large_meta_items, args.large_outer_steps, args.large_inner_steps,
+                                 args.large_meta_batch, args.large_inner_lr)
         big_train = photo_crops(META_PHOTOS, args.large_meta_items, args.large_size, seed=2)
         big_held = photo_crops(HELD_OUT_PHOTOS, args.large_held_out, args.large_size, seed=3)
-        big_learned, big_s = meta_learn(big_train, big, big_meta)
+        big_learned, big_warm, big_s = meta_learn(big_train, big, big_meta)
         print(f"large: meta-learned a 4/256 init from {args.large_meta_items} {args.large_size}² crops in {big_s:.1f} s "
-              f"({args.large_outer_steps} outer x {args.large_meta_batch} items x {args.large_inner_steps} inner steps)",
+              f"({args.large_outer_steps} outer x {args.large_meta_batch} items x {args.large_inner_steps} learned-lr steps)",
               flush=True)
-        compare(f"large {args.large_size}² 4/256", big_held, big, big_learned, [30.0], args.large_max_steps)
+        compare(f"large {args.large_size}² 4/256", big_held, big, big_learned, big_warm, [30.0], args.large_max_steps,
+                args.siren_lr_factor)
 
     if not args.skip_classification:
-        cls_meta = MetaInitSettings.from_config({"items": args.cls_per_class * 10, "outer_steps": args.outer_steps,
-                                                 "inner_steps": args.inner_steps, "meta_batch": args.meta_batch,
-                                                 "outer_lr": args.outer_lr})
+        cls_meta = meta_settings(args.cls_per_class * 10, args.outer_steps, args.inner_steps, args.meta_batch,
+                                 args.inner_lr)
         acc = classification(args, cls_meta)
         print(f"classification accuracy: siren init {acc['siren'] * 100:.1f} %, learned init {acc['learned'] * 100:.1f} %",
               flush=True)
