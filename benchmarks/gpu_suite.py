@@ -12,7 +12,10 @@ others still run:
 4. ``nerf``     NeRF 4/128, 2048 rays × 64 samples, B = 1, 4, 16 scenes: scene-steps/s, scenes/hour at 20k steps;
 5. ``jax``      a JAX ``vmap`` SIREN fitter (the fit-a-nef approach; optax's Adam when installed, else the same
                 update written out) on the same images, init and steps, side by side with izoo;
-6. ``oom``      an oversize batch under a capped CUDA memory fraction must hit out-of-memory and be halved.
+6. ``oom``      an oversize batch under a capped CUDA memory fraction must hit out-of-memory and be halved;
+7. ``meta``     ``izoo meta-init``'s Meta-SGD (second-order autograd) on the device from 256 CIFAR-like images, then
+                1024 other ones fitted to 30 dB from its init (warm start, calibrated Adam lr) and from the SIREN init:
+                meta-learning seconds, mean steps and items/s of both.
 
 Only torch, numpy, scikit-image (+ Pillow) and optionally JAX are needed: nothing here imports jsonschema,
 kornia or snakemake. The last line is
@@ -28,6 +31,7 @@ with ``n/a`` for what did not run. Never read a CPU run as a GPU number.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import platform
 import sys
@@ -41,12 +45,14 @@ import torch
 from _common import fit_one_at_a_time, matmul_gflops, sync, train_flops_per_pixel
 from izoo.datasets.demo import cifar_like_images
 from izoo.devices import resolve_device
+from izoo.fitting.meta_init import MetaInitSettings, calibrate_adam_lr, meta_sgd
 from izoo.fitting.stream import FitResult
 from izoo.siren import engine
 from izoo.siren.family import SirenFamily
 from izoo.fitting.phases import phase_settings
 from izoo.recipes import RECIPES
 from izoo.siren import model as siren
+from izoo.siren.warm_start import WarmStart
 
 CIFAR = siren.SirenSpec(depth=3, width=64, w0=30.0)
 
@@ -310,13 +316,44 @@ class Suite:
             torch.cuda.empty_cache()
 
 
+    def part_meta(self) -> None:
+        meta_items, held_items = (16, 8) if self.quick else (256, 1024)
+        images = self.cifar_images(meta_items + held_items)
+        train, held = images[:meta_items], images[meta_items:]
+        family = SirenFamily({"depth": 3, "width": 64}, {"compile": "off"})
+        settings = MetaInitSettings.from_config({"items": meta_items, "outer_steps": 5 if self.quick else 600,
+                                                 "calibration_items": 4 if self.quick else 16})
+        sync(self.device)
+        t0 = time.perf_counter()
+        res = meta_sgd(train, family, settings, device=self.device, progress_every=30.0)
+        factor, _ = calibrate_adam_lr(train, family, res, settings, {"compile": "off"}, self.device)
+        sync(self.device)
+        meta_s = time.perf_counter() - t0
+        say(f"Meta-SGD: {settings.outer_steps} outer steps x {settings.meta_batch} items x {settings.inner_steps} "
+            f"learned-lr steps + calibration ({factor:g}x fit.lr kept) in {meta_s:.1f} s")
+        gate = dataclasses.replace(phase_settings({"iterations": 1000}, "basic"), stop_on_pass=True, check_every=1,
+                                   gate_psnr=30.0)
+        names = family.param_names()
+        learned = [torch.from_numpy(res.params[n]).unsqueeze(0).expand(len(held), *res.params[n].shape).contiguous()
+                   for n in names]
+        warm = WarmStart(lrs=[torch.from_numpy(res.inner_lrs[n]) for n in names], steps=settings.inner_steps,
+                         adam_lr_factor=factor)
+        runs = {}
+        for name, kwargs in (("SIREN init", {"seeds": [42] * len(held)}), ("learned init", {"init": learned, "warm": warm})):
+            out, secs = self.timed_fit(held, CIFAR, gate, self.compile, **kwargs)
+            runs[name] = float(out.iterations.mean())
+            say(f"{name}: {len(held)} items to 30 dB, mean steps {out.iterations.mean():.1f}, {len(held) / secs:.1f} "
+                f"items/s, {int((~out.passed).sum())} not there in 1000 steps")
+        say(f"mean steps ratio SIREN/learned = {runs['SIREN init'] / max(runs['learned init'], 1e-9):.2f}x")
+
+
 def main() -> None:
     """Run every part and print the SUMMARY line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every part (CI)")
     ap.add_argument("--part-seconds", type=float, default=None, help="time box of each part (default 55, quick 60)")
-    ap.add_argument("--parts", nargs="+", default=["cifar", "gate", "large", "nerf", "jax", "oom"])
+    ap.add_argument("--parts", nargs="+", default=["cifar", "gate", "large", "nerf", "jax", "oom", "meta"])
     args = ap.parse_args()
     device = resolve_device(args.device, tf32=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"

@@ -17,7 +17,7 @@ def test_gpu_suite_quick_cpu_runs_every_part_and_ends_with_summary():
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     assert "FAILED" not in out, out
-    for part in ("cifar", "gate", "large", "nerf", "jax", "oom"):
+    for part in ("cifar", "gate", "large", "nerf", "jax", "oom", "meta"):
         assert f"-- part {part}:" in out
     last = out.strip().splitlines()[-1]
     assert last.startswith("SUMMARY gpu device=cpu-")
@@ -25,3 +25,4 @@ def test_gpu_suite_quick_cpu_runs_every_part_and_ends_with_summary():
         value = last.split(key)[1].split()[0]
         assert value.endswith("(quick)") and float(value.removesuffix("(quick)")) > 0, last
     assert "|ΔPSNR| vs loop 0.000 dB" in out   # batched and one-at-a-time fits agree
+    assert "learned init: 8 items to 30 dB" in out and "mean steps ratio SIREN/learned" in out
