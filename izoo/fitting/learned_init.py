@@ -14,16 +14,16 @@ path                    shape / dtype           meaning
 ======================  ======================  ===========================================================
 
 Attributes: ``format`` = ``izoo-learned-init``, ``format_version``, ``dataset``, ``source`` (the dataset's
-``source:`` section), ``model_family``, ``architecture``, ``meta_init`` (settings), ``sha256``,
-``inner_steps``, ``inner_lr_sha256`` and ``adam_lr_factor`` (format 2: the fits' Adam phase after the
-learned-lr steps runs at this multiple of ``fit.lr``, calibrated by ``izoo meta-init``), ``seconds``, ``izoo_version``, ``created``. A format-1
-file (no ``/inner_lr``) is a plain init: fits start their Adam phase from it directly.
+``source:`` section), ``model_family``, ``architecture``, ``meta_init`` (settings), ``sha256``, ``seconds``,
+``izoo_version``, ``created``, and in format 2 ``inner_steps``, ``inner_lr_sha256`` and ``adam_lr_factor``
+(the fits' Adam phase after the learned-lr steps runs at this multiple of ``fit.lr``, calibrated by
+``izoo meta-init``). A format-1 file (no ``/inner_lr``) is a plain init: fits start their Adam phase from it.
 
 ``sha256`` hashes the weights (float32 bytes in file order, with their names and shapes), not the file
 bytes, so the same init written twice has the same hash; ``inner_lr_sha256`` hashes the learning rates the
-same way. Both (with ``inner_steps`` and ``adam_lr_factor``) enter the fit fingerprint
-(``izoo.fitting.shard.fingerprint``); the weight hash is the ``learned_init`` attribute of every file fitted from the init, so a changed init refits
-every batch instead of mixing weights from two inits.
+same way. Both, with ``inner_steps`` and ``adam_lr_factor``, enter the fit fingerprint
+(``izoo.fitting.shard.fingerprint``); the weight hash is the ``learned_init`` attribute of every file fitted
+from the init, so a changed init refits every batch instead of mixing weights from two inits.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 def init_file_sha256(model_cfg: Mapping[str, Any]) -> str | None:
     """What the fits take from the dataset's init file, hashed: its recorded weight hash, plus its learning-rate
-    hash and steps for a Meta-SGD init (cached per file version); ``None`` without a learned init."""
+    hash, steps and Adam lr factor for a Meta-SGD init (cached per file version); ``None`` without a learned init."""
     path = init_file_of(model_cfg)
     if path is None:
         return None

@@ -141,7 +141,7 @@ def meta_sgd(images: torch.Tensor, family: SirenFamily, settings: MetaInitSettin
     """
     device = torch.device(device)
     spec = family.spec
-    theta = [p[0].to(device).requires_grad_(True) for p in siren.init_params(spec, [base_seed])]
+    theta = [p[0].to(device).clone().requires_grad_(True) for p in siren.init_params(spec, [base_seed])]
     log_lr = [torch.full_like(p, math.log(settings.inner_lr)).requires_grad_(True) for p in theta]
     optimizer = torch.optim.Adam([{"params": theta, "lr": settings.outer_lr},
                                   {"params": log_lr, "lr": settings.inner_lr_lr}])
@@ -210,12 +210,13 @@ def meta_sgd(images: torch.Tensor, family: SirenFamily, settings: MetaInitSettin
 
 
 def calibrate_adam_lr(images: torch.Tensor, family: SirenFamily, result: MetaResult, settings: MetaInitSettings,
-                      fit_cfg: FitConfig | Mapping[str, Any], device: torch.device | str = "cpu") -> tuple[float, dict[str, float]]:
+                      fit_cfg: FitConfig | Mapping[str, Any],
+                      device: torch.device | str = "cpu") -> tuple[float, dict[str, float]]:
     """The factor of ``settings.adam_lr_factors`` whose Adam phase reaches ``fit.gate_psnr`` in the fewest mean steps
     from the learned init (learned-lr steps included), and every factor's mean steps."""
     fit = as_fit_config(fit_cfg)
-    phase = replace(phase_settings(fit, "basic"), stop_on_pass=True, check_every=1, min_steps=0,
-                                keep_best=False, checkpoint_every=0)
+    phase = replace(phase_settings(fit, "basic"), stop_on_pass=True, check_every=1, min_steps=0, keep_best=False,
+                    checkpoint_every=0)
     names = family.param_names()
     items = images[: settings.calibration_items]
     init = [torch.from_numpy(result.params[n]).unsqueeze(0).expand(len(items), *result.params[n].shape).contiguous()
