@@ -1,7 +1,8 @@
 """The PSNR report CSV a fitting job writes beside its weights file (``results/{ds}/fit/{phase}/{job}.csv``).
 
 One row per item the job fitted, in the job's (manifest) order, columns ``COLUMNS``: ``psnr_before`` is the PSNR the
-item came into the phase with (NaN in the basic phase), ``psnr_after`` the one it left with, ``iterations`` and
+item came into the phase with (basic phase: of its initialisation; from a Meta-SGD learned init, after the init's
+learned-lr steps), ``psnr_after`` the one it left with, ``iterations`` and
 ``seconds`` this phase's cost, ``passed`` whether it reached the quality gate. Readers: the refinement planner
 (``izoo.fitting.refine``), the report tables (``izoo.reports``) and the 3D scene filter (``izoo.nerf.filtering``).
 """
