@@ -52,7 +52,6 @@ from izoo.siren.family import SirenFamily
 from izoo.fitting.phases import phase_settings
 from izoo.recipes import RECIPES
 from izoo.siren import model as siren
-from izoo.siren.warm_start import WarmStart
 
 CIFAR = siren.SirenSpec(depth=3, width=64, w0=30.0)
 
@@ -315,7 +314,6 @@ class Suite:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)
             torch.cuda.empty_cache()
 
-
     def part_meta(self) -> None:
         meta_items, held_items = (16, 8) if self.quick else (256, 1024)
         images = self.cifar_images(meta_items + held_items)
@@ -326,18 +324,14 @@ class Suite:
         sync(self.device)
         t0 = time.perf_counter()
         res = meta_sgd(train, family, settings, device=self.device, progress_every=30.0)
-        factor, _ = calibrate_adam_lr(train, family, res, settings, {"compile": "off"}, self.device)
+        warm, _ = calibrate_adam_lr(train, family, res, settings, {"compile": "off"}, self.device)
         sync(self.device)
         meta_s = time.perf_counter() - t0
         say(f"Meta-SGD: {settings.outer_steps} outer steps x {settings.meta_batch} items x {settings.inner_steps} "
-            f"learned-lr steps + calibration ({factor:g}x fit.lr kept) in {meta_s:.1f} s")
+            f"learned-lr steps + calibration ({warm.adam_lr_factor:g}x fit.lr kept) in {meta_s:.1f} s")
         gate = dataclasses.replace(phase_settings({"iterations": 1000}, "basic"), stop_on_pass=True, check_every=1,
                                    gate_psnr=30.0)
-        names = family.param_names()
-        learned = [torch.from_numpy(res.params[n]).unsqueeze(0).expand(len(held), *res.params[n].shape).contiguous()
-                   for n in names]
-        warm = WarmStart(lrs=[torch.from_numpy(res.inner_lrs[n]) for n in names], steps=settings.inner_steps,
-                         adam_lr_factor=factor)
+        learned = res.init_params(len(held))
         runs = {}
         for name, kwargs in (("SIREN init", {"seeds": [42] * len(held)}), ("learned init", {"init": learned, "warm": warm})):
             out, secs = self.timed_fit(held, CIFAR, gate, self.compile, **kwargs)

@@ -10,9 +10,9 @@ the ImageNet SIREN (4 layers, width 256). Meta-learning is ``izoo.fitting.meta_i
 when it never gets there; such items are counted and reported). From the learned init the count includes
 the init's learned-lr SGD steps, which every fit from it takes first (each one forward and backward pass,
 like an Adam step), and its Adam steps run at the calibrated multiple of the lr (``calibrate_adam_lr``, on
-meta-training items; its cost is counted in the meta-learning seconds). A third row fits from the SIREN init with a ``--siren-lr-factor`` times higher Adam lr:
-not the recipe, a reference for how much of the gain a higher learning rate alone would give. The classification part runs the pipeline's
-own code: ``izoo demo-data`` CIFAR set → manifest → ``run_meta_init`` on its train split → ``fit_shard`` for
+meta-training items; its cost is counted in the meta-learning seconds). A third row fits from the SIREN init
+with a ``--siren-lr-factor`` times higher Adam lr: not the recipe, a reference for how much of the gain a
+higher learning rate alone would give. The classification part runs the pipeline's own code: ``izoo demo-data`` CIFAR set → manifest → ``run_meta_init`` on its train split → ``fit_shard`` for
 train and test from each init (fixed ``--cls-iterations`` budget) → ``run_classification``.
 
     OMP_NUM_THREADS=1 python benchmarks/learned_init.py
@@ -105,11 +105,8 @@ def meta_learn(images: torch.Tensor, spec: siren.SirenSpec, settings: MetaInitSe
     family = SirenFamily({"family": "siren", **{k: getattr(spec, k) for k in ("depth", "width", "w0")}}, CIFAR_FIT)
     res = meta_sgd(images, family, settings, progress_every=60.0)
     tick = time.perf_counter()
-    factor, _ = calibrate_adam_lr(images, family, res, settings, CIFAR_FIT)
-    names = family.param_names()
-    warm = WarmStart(lrs=[torch.from_numpy(res.inner_lrs[n]) for n in names], steps=settings.inner_steps,
-                     adam_lr_factor=factor)
-    return [torch.from_numpy(res.params[n]) for n in names], warm, res.seconds + time.perf_counter() - tick
+    warm, _ = calibrate_adam_lr(images, family, res, settings, CIFAR_FIT)
+    return [p[0] for p in res.init_params(1)], warm, res.seconds + time.perf_counter() - tick
 
 
 def compare(label: str, held: torch.Tensor, spec: siren.SirenSpec, learned: list[torch.Tensor], warm: WarmStart,

@@ -128,8 +128,18 @@ class MetaResult:
 
     params: dict[str, np.ndarray]
     inner_lrs: dict[str, np.ndarray]
+    inner_steps: int
     seconds: float
     inner_psnr: list[float]     # mean PSNR of each outer step's meta-batch after its inner steps
+
+    def init_params(self, n: int) -> list[torch.Tensor]:
+        """The learned init repeated for ``n`` items (``[n, *shape]``, family order), as the engine takes ``init``."""
+        return [torch.from_numpy(p).unsqueeze(0).expand(n, *p.shape).contiguous() for p in self.params.values()]
+
+    def warm_start(self, adam_lr_factor: float = 1.0) -> WarmStart:
+        """The first steps of every fit from this init, its Adam phase at ``adam_lr_factor`` × the lr."""
+        return WarmStart(lrs=[torch.from_numpy(a) for a in self.inner_lrs.values()], steps=self.inner_steps,
+                         adam_lr_factor=adam_lr_factor)
 
 
 def meta_sgd(images: torch.Tensor, family: SirenFamily, settings: MetaInitSettings, *, base_seed: int = 42,
@@ -206,31 +216,28 @@ def meta_sgd(images: torch.Tensor, family: SirenFamily, settings: MetaInitSettin
     names = family.param_names()
     return MetaResult(params={n: p.detach().cpu().numpy().astype(np.float32) for n, p in zip(names, theta)},
                       inner_lrs={n: a.detach().exp().cpu().numpy().astype(np.float32) for n, a in zip(names, log_lr)},
-                      seconds=seconds, inner_psnr=history)
+                      inner_steps=settings.inner_steps, seconds=seconds, inner_psnr=history)
 
 
 def calibrate_adam_lr(images: torch.Tensor, family: SirenFamily, result: MetaResult, settings: MetaInitSettings,
                       fit_cfg: FitConfig | Mapping[str, Any],
-                      device: torch.device | str = "cpu") -> tuple[float, dict[str, float]]:
-    """The factor of ``settings.adam_lr_factors`` whose Adam phase reaches ``fit.gate_psnr`` in the fewest mean steps
-    from the learned init (learned-lr steps included), and every factor's mean steps."""
+                      device: torch.device | str = "cpu") -> tuple[WarmStart, dict[str, float]]:
+    """The warm start with the factor of ``settings.adam_lr_factors`` whose Adam phase reaches ``fit.gate_psnr`` in the
+    fewest mean steps from the learned init (learned-lr steps included), and every factor's mean steps."""
     fit = as_fit_config(fit_cfg)
     phase = replace(phase_settings(fit, "basic"), stop_on_pass=True, check_every=1, min_steps=0, keep_best=False,
                     checkpoint_every=0)
-    names = family.param_names()
     items = images[: settings.calibration_items]
-    init = [torch.from_numpy(result.params[n]).unsqueeze(0).expand(len(items), *result.params[n].shape).contiguous()
-            for n in names]
-    lrs = [torch.from_numpy(result.inner_lrs[n]) for n in names]
+    init = result.init_params(len(items))
     mean_steps: dict[str, float] = {}
     for factor in settings.adam_lr_factors:
-        warm = WarmStart(lrs=lrs, steps=settings.inner_steps, adam_lr_factor=factor)
-        res = engine.fit_images(items, family.spec, phase, init=init, device=device, use_compile=fit.compile, warm=warm)
+        res = engine.fit_images(items, family.spec, phase, init=init, device=device, use_compile=fit.compile,
+                                warm=result.warm_start(factor))
         mean_steps[f"{factor:g}"] = float(res.iterations.mean())
     best = min(settings.adam_lr_factors, key=lambda f: (mean_steps[f"{f:g}"], -f))
     emit(f"meta-init calibration on {len(items)} meta-training items, mean steps to {fit.gate_psnr:g} dB by Adam lr "
          f"factor: {', '.join(f'{k}x: {v:.1f}' for k, v in mean_steps.items())}; using {best:g}x fit.lr")
-    return best, mean_steps
+    return result.warm_start(best), mean_steps
 
 
 def _load_state(path: Path | None, fingerprint: str) -> dict[str, Any] | None:
@@ -288,7 +295,7 @@ def run_meta_init(dataset: str, dataset_cfg: DatasetConfig | Mapping[str, Any], 
     result = meta_sgd(images, family, settings, base_seed=base_seed, device=device,
                       state_path=workdir / "state.pt", fingerprint=fp, should_stop=should_stop)
     tick = time.perf_counter()
-    factor, calibration = calibrate_adam_lr(images, family, result, settings, dataset_cfg.fit, device)
+    warm, calibration = calibrate_adam_lr(images, family, result, settings, dataset_cfg.fit, device)
     calibration_s = time.perf_counter() - tick
     attrs = {"dataset": dataset, "source": dataset_cfg.to_dict()["source"], "model_family": family.name,
              "architecture": family.architecture(), "meta_init": asdict(settings), "base_seed": base_seed,
@@ -296,7 +303,7 @@ def run_meta_init(dataset: str, dataset_cfg: DatasetConfig | Mapping[str, Any], 
              "final_inner_psnr": float(np.mean(result.inner_psnr[-settings.checkpoint_every:])),
              "calibration_mean_steps": calibration, "calibration_seconds": calibration_s}
     learned_init.write_init_file(out, result.params, rows["index"].tolist(), attrs, inner_lrs=result.inner_lrs,
-                                 inner_steps=settings.inner_steps, adam_lr_factor=factor)
+                                 inner_steps=warm.steps, adam_lr_factor=warm.adam_lr_factor)
     emit(f"done: learned init of {dataset} in {result.seconds + calibration_s:.1f} s → {out}")
     return Path(out)
 

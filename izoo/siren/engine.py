@@ -19,6 +19,7 @@ The output of the fitted parameters equals ``izoo.siren.model.forward`` (tested)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable, Sequence
 
@@ -226,7 +227,9 @@ class SirenBatchFit(StreamFit):
         self.chunk_items = chunk_items or (cpu_chunk_items(spec.width, self.n_pixels, self.dtype)
                                            if self.device.type == "cpu" else max(n_items, 1))
         self._targets: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.warm = warm if warm is not None and warm.steps > 0 else None
+        # the learned lrs go to the device once: continuous batching refills the slots many times a phase
+        self.warm = (None if warm is None or warm.steps <= 0 else
+                     dataclasses.replace(warm, lrs=[lr.to(self.device, self.dtype) for lr in warm.lrs]))
 
     def _rows_changed(self) -> None:
         self._targets = None
